@@ -1,0 +1,627 @@
+/*
+ * ctl_flag.c - `cutoverctl flag ...`: every change goes through
+ * flag_store_update (compare-and-set, audited, published) and prints
+ * what changed.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "flags/ctl.h"
+
+/* One edit of a flag, applied by edit_apply inside flag_store_update. */
+enum edit_list { EDIT_LIST_NONE, EDIT_LIST_ALLOW, EDIT_LIST_DENY, EDIT_LIST_COHORTS };
+static const char *const edit_list_names[] = { "", "allow", "deny", "cohorts" };
+
+struct flag_edit {
+	int enabled; /* -1: leave as is */
+	int kill;    /* -1: leave as is */
+	int percent; /* -1: leave as is */
+	const char *description;
+	const char *owner;
+	enum edit_list list;
+	bool remove;
+	char **ids;
+	size_t nids;
+	struct flag *before; /* the flag as read, for the printed diff */
+};
+
+static const struct flag_edit EDIT_NONE = { .enabled = -1, .kill = -1, .percent = -1 };
+
+static int edit_apply(struct flag *f, void *arg, char *err, size_t errlen)
+{
+	struct flag_edit *e = arg;
+	flag_free(e->before);
+	e->before = flag_clone(f);
+	if (e->enabled >= 0)
+		f->enabled = e->enabled;
+	if (e->kill >= 0)
+		f->kill = e->kill;
+	if (e->percent >= 0)
+		f->percent = e->percent;
+	if (e->description) {
+		free(f->description);
+		f->description = xstrdup(e->description);
+	}
+	if (e->owner) {
+		free(f->owner);
+		f->owner = xstrdup(e->owner);
+	}
+	struct flag_idlist *lists[] = { NULL, &f->allow, &f->deny, &f->cohorts };
+	struct flag_idlist *l = lists[e->list];
+	size_t max = e->list == EDIT_LIST_COHORTS ? FLAG_COHORTS_MAX : FLAG_LIST_MAX;
+	for (size_t i = 0; l && i < e->nids; i++) {
+		if (e->remove)
+			flag_idlist_remove(l, e->ids[i]);
+		else
+			flag_idlist_add(l, e->ids[i]);
+	}
+	if (l && l->n > max) {
+		snprintf(err, errlen, "%s of flag '%s' would hold %zu entries; the limit is %zu",
+			 edit_list_names[e->list], f->name, l->n, max);
+		return STORE_INVALID;
+	}
+	return STORE_OK;
+}
+
+/*
+ * Prints one applied change: "NAME: percent 10% -> 20% (version 7)", or
+ * a JSON object with the flag as it now is. version -1: nothing changed.
+ */
+int ctl_print_change(struct ctl *ctl, const char *subject, const struct flag *before, const struct flag *after,
+		     long long version)
+{
+	struct buf change, json;
+	buf_init(&change);
+	buf_init(&json);
+	if (version < 0)
+		buf_puts(&change, "no change");
+	else
+		flag_diff(before, after, &change);
+	if (ctl->json) {
+		buf_puts(&json, "{\"subject\":");
+		json_put_string(&json, subject, strlen(subject));
+		buf_printf(&json, ",\"version\":%lld,\"change\":", version);
+		json_put_string(&json, change.data, change.len);
+		if (after) {
+			buf_puts(&json, ",\"flag\":");
+			flag_encode(after, &json);
+		}
+		buf_putc(&json, '}');
+		printf("%s\n", json.data);
+	} else if (version < 0) {
+		printf("%s: no change\n", subject);
+	} else {
+		printf("%s: %s (version %lld)\n", subject, change.data, version);
+	}
+	buf_free(&change);
+	buf_free(&json);
+	return CTL_EXIT_OK;
+}
+
+int ctl_check_name(const char *what, const char *name)
+{
+	char why[FLAG_ERR_MAX];
+	if (flag_name_check(name, why, sizeof(why)) == 0)
+		return CTL_EXIT_OK;
+	fprintf(stderr, "cutoverctl: invalid %s name '%s': %s\n", what, name, why);
+	return CTL_EXIT_INVALID;
+}
+
+int ctl_check_ids(char **ids, size_t n)
+{
+	char why[FLAG_ERR_MAX];
+	for (size_t i = 0; i < n; i++) {
+		if (flag_user_id_check(ids[i], strlen(ids[i]), why, sizeof(why)) < 0) {
+			fprintf(stderr, "cutoverctl: invalid user id '%s': %s\n", ids[i], why);
+			return CTL_EXIT_INVALID;
+		}
+	}
+	return CTL_EXIT_OK;
+}
+
+static int run_edit(struct ctl *ctl, const char *name, const char *action, struct flag_edit *e)
+{
+	int rc = ctl_check_name("flag", name);
+	if (rc != CTL_EXIT_OK)
+		return rc;
+	struct flag_store *st = ctl_store(ctl);
+	if (st == NULL)
+		return CTL_EXIT_UNREACHABLE;
+	char err[512];
+	struct flag *after = NULL;
+	long long version;
+	int status = flag_store_update(st, name, action, edit_apply, e, ctl->actor, &after, &version, err, sizeof(err));
+	if (status == STORE_OK)
+		rc = ctl_print_change(ctl, name, e->before, after, version);
+	else
+		rc = ctl_fail(status, err);
+	flag_free(e->before);
+	flag_free(after);
+	return rc;
+}
+
+/* Verbs that take exactly one operand, the flag name. */
+static int one_name(const struct ctl_verb *verb, int argc, char **argv, const char **name)
+{
+	if (argc != 2 || argv[1][0] == '-')
+		return ctl_usage_error("flag", verb, "expected exactly one flag name");
+	*name = argv[1];
+	return CTL_EXIT_OK;
+}
+
+/* enable, disable, kill, unkill and rollback: fixed values, one change. */
+static int flag_switch(struct ctl *ctl, int argc, char **argv)
+{
+	static const struct {
+		const char *verb;
+		int enabled, kill, percent;
+	} switches[] = {
+		{ "enable", 1, -1, -1 }, { "disable", 0, -1, -1 }, { "kill", -1, 1, -1 },
+		{ "unkill", -1, 0, -1 }, { "rollback", 0, -1, 0 },
+	};
+	size_t i = 0;
+	while (strcmp(switches[i].verb, argv[0]) != 0)
+		i++;
+	const char *name = NULL;
+	int rc = one_name(ctl_verb_named(ctl_flag_verbs, argv[0]), argc, argv, &name);
+	if (rc != CTL_EXIT_OK)
+		return rc;
+	struct flag_edit e = EDIT_NONE;
+	e.enabled = switches[i].enabled;
+	e.kill = switches[i].kill;
+	e.percent = switches[i].percent;
+	return run_edit(ctl, name, switches[i].verb, &e);
+}
+
+static int set_option(int opt, const char *arg, void *state)
+{
+	struct flag_edit *e = state;
+	char err[FLAG_ERR_MAX];
+	switch (opt) {
+	case 'p':
+		if (flag_percent_parse(arg, &e->percent, err, sizeof(err)) < 0) {
+			fprintf(stderr, "cutoverctl: %s\n", err);
+			return CTL_EXIT_INVALID;
+		}
+		return 0;
+	case 'd': e->description = arg; return 0;
+	case 'o': e->owner = arg; return 0;
+	}
+	return CTL_EXIT_USAGE;
+}
+
+static const struct option describe_options[] = {
+	{ "percent", required_argument, NULL, 'p' },
+	{ "description", required_argument, NULL, 'd' },
+	{ "owner", required_argument, NULL, 'o' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static int check_text(const char *what, const char *text, size_t max)
+{
+	if (text == NULL || (strlen(text) <= max && utf8_valid(text, strlen(text))))
+		return CTL_EXIT_OK;
+	fprintf(stderr, "cutoverctl: %s must be valid UTF-8 of at most %zu bytes\n", what, max);
+	return CTL_EXIT_INVALID;
+}
+
+static int check_describe(const struct flag_edit *e)
+{
+	int rc = check_text("--description", e->description, FLAG_DESCRIPTION_MAX);
+	return rc != CTL_EXIT_OK ? rc : check_text("--owner", e->owner, FLAG_OWNER_MAX);
+}
+
+static int flag_set(struct ctl *ctl, int argc, char **argv)
+{
+	const struct ctl_verb *verb = ctl_verb_named(ctl_flag_verbs, "set");
+	struct flag_edit e = EDIT_NONE;
+	int first = ctl_parse_options("flag", verb, argc, argv, "p:d:o:", describe_options, set_option, &e);
+	if (first < 0)
+		return -first;
+	if (argc - first != 1)
+		return ctl_usage_error("flag", verb, "expected exactly one flag name");
+	if (e.percent < 0 && !e.description && !e.owner)
+		return ctl_usage_error("flag", verb, "nothing to set: give --percent, --description or --owner");
+	int rc = check_describe(&e);
+	return rc != CTL_EXIT_OK ? rc : run_edit(ctl, argv[first], "set", &e);
+}
+
+static int flag_create(struct ctl *ctl, int argc, char **argv)
+{
+	const struct ctl_verb *verb = ctl_verb_named(ctl_flag_verbs, "create");
+	struct flag_edit e = EDIT_NONE;
+	int first = ctl_parse_options("flag", verb, argc, argv, "d:o:", describe_options + 1, set_option, &e);
+	if (first < 0)
+		return -first;
+	if (argc - first != 1)
+		return ctl_usage_error("flag", verb, "expected exactly one flag name");
+	const char *name = argv[first];
+	int rc = ctl_check_name("flag", name);
+	if (rc == CTL_EXIT_OK)
+		rc = check_describe(&e);
+	if (rc != CTL_EXIT_OK)
+		return rc;
+	struct flag_store *st = ctl_store(ctl);
+	if (st == NULL)
+		return CTL_EXIT_UNREACHABLE;
+	struct flag *f = flag_new(name);
+	char err[512];
+	if (edit_apply(f, &e, err, sizeof(err)) != STORE_OK)
+		abort(); /* no list edit, cannot fail */
+	long long version;
+	int status = flag_store_create(st, f, ctl->actor, &version, err, sizeof(err));
+	rc = status == STORE_OK ? ctl_print_change(ctl, name, NULL, f, version) : ctl_fail(status, err);
+	flag_free(e.before);
+	flag_free(f);
+	return rc;
+}
+
+static int flag_delete(struct ctl *ctl, int argc, char **argv)
+{
+	const char *name = NULL;
+	int rc = one_name(ctl_verb_named(ctl_flag_verbs, "delete"), argc, argv, &name);
+	if (rc == CTL_EXIT_OK)
+		rc = ctl_check_name("flag", name);
+	if (rc != CTL_EXIT_OK)
+		return rc;
+	struct flag_store *st = ctl_store(ctl);
+	if (st == NULL)
+		return CTL_EXIT_UNREACHABLE;
+	char err[512];
+	long long version;
+	int status = flag_store_delete(st, name, ctl->actor, &version, err, sizeof(err));
+	if (status != STORE_OK)
+		return ctl_fail(status, err);
+	struct flag *gone = flag_new(name);
+	rc = ctl_print_change(ctl, name, gone, NULL, version);
+	flag_free(gone);
+	return rc;
+}
+
+static int list_option(int opt, const char *arg, void *state)
+{
+	(void)arg;
+	*(bool *)state = opt == 'r';
+	return 0;
+}
+
+static const struct option list_edit_options[] = {
+	{ "remove", no_argument, NULL, 'r' },
+	{ NULL, 0, NULL, 0 },
+};
+
+/* allow / deny NAME [--remove] ID... */
+static int flag_list_edit(struct ctl *ctl, int argc, char **argv, const char *verb_name, enum edit_list list)
+{
+	const struct ctl_verb *verb = ctl_verb_named(ctl_flag_verbs, verb_name);
+	struct flag_edit e = EDIT_NONE;
+	int first = ctl_parse_options("flag", verb, argc, argv, "r", list_edit_options, list_option, &e.remove);
+	if (first < 0)
+		return -first;
+	if (argc - first < 2)
+		return ctl_usage_error("flag", verb, "expected a flag name and at least one user id");
+	e.list = list;
+	e.ids = argv + first + 1;
+	e.nids = (size_t)(argc - first - 1);
+	int rc = ctl_check_ids(e.ids, e.nids);
+	return rc != CTL_EXIT_OK ? rc : run_edit(ctl, argv[first], e.remove ? "unlist" : verb->name, &e);
+}
+
+static int flag_allow(struct ctl *ctl, int argc, char **argv)
+{
+	return flag_list_edit(ctl, argc, argv, "allow", EDIT_LIST_ALLOW);
+}
+
+static int flag_deny(struct ctl *ctl, int argc, char **argv)
+{
+	return flag_list_edit(ctl, argc, argv, "deny", EDIT_LIST_DENY);
+}
+
+static void print_idlist(const char *label, const struct flag_idlist *l)
+{
+	printf("%-12s ", label);
+	if (l->n == 0)
+		printf("-");
+	for (size_t i = 0; i < l->n; i++)
+		printf("%s%s", i ? ", " : "", l->items[i]);
+	printf("\n");
+}
+
+static int flag_get(struct ctl *ctl, int argc, char **argv)
+{
+	const char *name = NULL;
+	int rc = one_name(ctl_verb_named(ctl_flag_verbs, "get"), argc, argv, &name);
+	if (rc == CTL_EXIT_OK)
+		rc = ctl_check_name("flag", name);
+	if (rc != CTL_EXIT_OK)
+		return rc;
+	struct flag_store *st = ctl_store(ctl);
+	if (st == NULL)
+		return CTL_EXIT_UNREACHABLE;
+	struct flag *f;
+	char err[512];
+	int status = flag_store_get(st, name, &f, err, sizeof(err));
+	if (status != STORE_OK)
+		return ctl_fail(status, err);
+	if (ctl->json) {
+		struct buf json;
+		buf_init(&json);
+		flag_encode(f, &json);
+		printf("%s\n", json.data);
+		buf_free(&json);
+	} else {
+		char pct[16];
+		flag_percent_format(f->percent, pct, sizeof(pct));
+		printf("%-12s %s\n%-12s %s\n%-12s %s\n%-12s %s (%d basis points)\n%-12s %s\n", "name", f->name,
+		       "enabled", f->enabled ? "true" : "false", "kill", f->kill ? "true" : "false", "percent", pct,
+		       f->percent, "salt", f->salt);
+		print_idlist("allow", &f->allow);
+		print_idlist("deny", &f->deny);
+		print_idlist("cohorts", &f->cohorts);
+		printf("%-12s %s\n%-12s %s\n", "description", f->description, "owner", f->owner);
+	}
+	flag_free(f);
+	return CTL_EXIT_OK;
+}
+
+static int flag_list(struct ctl *ctl, int argc, char **argv)
+{
+	if (argc != 1)
+		return ctl_usage_error("flag", ctl_verb_named(ctl_flag_verbs, "list"), "takes no arguments");
+	(void)argv;
+	struct flag_store *st = ctl_store(ctl);
+	if (st == NULL)
+		return CTL_EXIT_UNREACHABLE;
+	struct flag_snapshot *s;
+	char err[512];
+	int status = flag_store_load(st, &s, err, sizeof(err));
+	if (status != STORE_OK)
+		return ctl_fail(status, err);
+	struct buf out;
+	buf_init(&out);
+	if (ctl->json) {
+		buf_printf(&out, "{\"version\":%lld,\"flags\":[", s->version);
+		for (size_t i = 0; i < s->nflags; i++) {
+			if (i)
+				buf_putc(&out, ',');
+			flag_encode(s->flags[i], &out);
+		}
+		buf_puts(&out, "]}");
+	} else {
+		buf_printf(&out, "%-24s %-7s %-5s %8s  %s", "NAME", "ENABLED", "KILL", "PERCENT", "OWNER");
+		for (size_t i = 0; i < s->nflags; i++) {
+			const struct flag *f = s->flags[i];
+			char pct[16];
+			flag_percent_format(f->percent, pct, sizeof(pct));
+			buf_printf(&out, "\n%-24s %-7s %-5s %8s  %s", f->name, f->enabled ? "yes" : "no",
+				   f->kill ? "KILL" : "-", pct, f->owner);
+		}
+	}
+	printf("%s\n", out.data);
+	buf_free(&out);
+	flag_snapshot_unref(s);
+	return CTL_EXIT_OK;
+}
+
+struct history_print {
+	struct ctl *ctl;
+	size_t printed;
+};
+
+static struct flag *decode_or_null(const char *json)
+{
+	char err[FLAG_ERR_MAX];
+	return *json ? flag_decode(json, strlen(json), err, sizeof(err)) : NULL;
+}
+
+static void history_entry(const struct audit_entry *e, void *arg)
+{
+	struct history_print *hp = arg;
+	struct flag *old = decode_or_null(e->old_json), *cur = decode_or_null(e->new_json);
+	struct buf change, line;
+	buf_init(&change);
+	buf_init(&line);
+	flag_diff(old, cur, &change);
+	char when[32];
+	format_utc_ms(e->time_ms, when, sizeof(when));
+	if (hp->ctl->json) {
+		buf_printf(&line, "%s{\"time\":\"%s\",\"version\":%lld,\"actor\":", hp->printed ? "," : "[", when,
+			   e->version);
+		json_put_string(&line, e->actor, strlen(e->actor));
+		buf_puts(&line, ",\"action\":");
+		json_put_string(&line, e->action, strlen(e->action));
+		buf_puts(&line, ",\"change\":");
+		json_put_string(&line, change.data, change.len);
+		buf_puts(&line, ",\"old\":");
+		buf_puts(&line, *e->old_json ? e->old_json : "null");
+		buf_puts(&line, ",\"new\":");
+		buf_puts(&line, *e->new_json ? e->new_json : "null");
+		buf_putc(&line, '}');
+		printf("%s", line.data);
+	} else {
+		printf("%s  v%-6lld %-12s %-10s %s\n", when, e->version, e->actor, e->action, change.data);
+	}
+	hp->printed++;
+	flag_free(old);
+	flag_free(cur);
+	buf_free(&change);
+	buf_free(&line);
+}
+
+static int limit_option(int opt, const char *arg, void *state)
+{
+	(void)opt;
+	char *end;
+	long v = strtol(arg, &end, 10);
+	if (*end != '\0' || v < 1 || v > 100000) {
+		fprintf(stderr, "cutoverctl: invalid --limit '%s': give 1..100000\n", arg);
+		return CTL_EXIT_INVALID;
+	}
+	*(size_t *)state = (size_t)v;
+	return 0;
+}
+
+static int flag_history(struct ctl *ctl, int argc, char **argv)
+{
+	const struct ctl_verb *verb = ctl_verb_named(ctl_flag_verbs, "history");
+	static const struct option opts[] = { { "limit", required_argument, NULL, 'n' }, { NULL, 0, NULL, 0 } };
+	size_t limit = 20;
+	int first = ctl_parse_options("flag", verb, argc, argv, "n:", opts, limit_option, &limit);
+	if (first < 0)
+		return -first;
+	if (argc - first != 1)
+		return ctl_usage_error("flag", verb, "expected exactly one flag name");
+	int rc = ctl_check_name("flag", argv[first]);
+	if (rc != CTL_EXIT_OK)
+		return rc;
+	struct flag_store *st = ctl_store(ctl);
+	if (st == NULL)
+		return CTL_EXIT_UNREACHABLE;
+	struct history_print hp = { ctl, 0 };
+	char err[512];
+	int status = flag_store_history(st, argv[first], limit, history_entry, &hp, err, sizeof(err));
+	if (status != STORE_OK)
+		return ctl_fail(status, err);
+	if (ctl->json)
+		printf("%s\n", hp.printed ? "]" : "[]");
+	else if (hp.printed == 0)
+		printf("no history for '%s'\n", argv[first]);
+	return CTL_EXIT_OK;
+}
+
+static int flag_eval_verb(struct ctl *ctl, int argc, char **argv)
+{
+	if (argc < 3)
+		return ctl_usage_error("flag", ctl_verb_named(ctl_flag_verbs, "eval"), "expected a flag name and user ids");
+	int rc = ctl_check_name("flag", argv[1]);
+	if (rc == CTL_EXIT_OK)
+		rc = ctl_check_ids(argv + 2, (size_t)argc - 2);
+	if (rc != CTL_EXIT_OK)
+		return rc;
+	struct flag_store *st = ctl_store(ctl);
+	if (st == NULL)
+		return CTL_EXIT_UNREACHABLE;
+	struct flag_snapshot *s;
+	char err[512];
+	int status = flag_store_load(st, &s, err, sizeof(err));
+	if (status != STORE_OK)
+		return ctl_fail(status, err);
+	const struct flag *f = flag_snapshot_find(s, argv[1]);
+	if (f == NULL) {
+		flag_snapshot_unref(s);
+		snprintf(err, sizeof(err), "no such flag '%s'", argv[1]);
+		return ctl_fail(STORE_NOT_FOUND, err);
+	}
+	struct buf line;
+	buf_init(&line);
+	for (int i = 2; i < argc; i++) {
+		struct flag_decision d;
+		flag_eval(f, argv[i], strlen(argv[i]), &d);
+		buf_reset(&line);
+		if (ctl->json) {
+			buf_puts(&line, "{\"flag\":");
+			json_put_string(&line, f->name, strlen(f->name));
+			buf_puts(&line, ",\"user\":");
+			json_put_string(&line, argv[i], strlen(argv[i]));
+			buf_printf(&line, ",\"on\":%s,\"reason\":\"%s\",\"bucket\":%d", d.on ? "true" : "false",
+				   flag_reason_name(d.reason), d.bucket);
+			if (d.cohort)
+				buf_printf(&line, ",\"cohort\":\"%s\"", d.cohort);
+			buf_putc(&line, '}');
+		} else {
+			buf_printf(&line, "%s %s: %s (reason %s%s%s, bucket %d)", f->name, argv[i], d.on ? "on" : "off",
+				   flag_reason_name(d.reason), d.cohort ? " " : "", d.cohort ? d.cohort : "", d.bucket);
+		}
+		printf("%s\n", line.data);
+	}
+	buf_free(&line);
+	flag_snapshot_unref(s);
+	return CTL_EXIT_OK;
+}
+
+/* flag cohort add|remove NAME COHORT...  |  flag cohort list NAME */
+static int flag_cohort(struct ctl *ctl, int argc, char **argv)
+{
+	const struct ctl_verb *verb = ctl_verb_named(ctl_flag_verbs, "cohort");
+	bool list = argc == 3 && strcmp(argv[1], "list") == 0;
+	bool add = argc >= 4 && strcmp(argv[1], "add") == 0;
+	if (!list && !add && !(argc >= 4 && strcmp(argv[1], "remove") == 0))
+		return ctl_usage_error("flag", verb, "expected add|remove NAME COHORT... or list NAME");
+	int rc = ctl_check_name("flag", argv[2]);
+	for (int i = 3; i < argc && rc == CTL_EXIT_OK; i++)
+		rc = ctl_check_name("cohort", argv[i]);
+	if (rc != CTL_EXIT_OK)
+		return rc;
+	if (!list) {
+		struct flag_edit e = EDIT_NONE;
+		e.list = EDIT_LIST_COHORTS;
+		e.remove = !add;
+		e.ids = argv + 3;
+		e.nids = (size_t)argc - 3;
+		return run_edit(ctl, argv[2], add ? "cohort-add" : "cohort-remove", &e);
+	}
+	struct flag_store *st = ctl_store(ctl);
+	if (st == NULL)
+		return CTL_EXIT_UNREACHABLE;
+	struct flag_snapshot *s;
+	char err[512];
+	int status = flag_store_load(st, &s, err, sizeof(err));
+	if (status != STORE_OK)
+		return ctl_fail(status, err);
+	const struct flag *f = flag_snapshot_find(s, argv[2]);
+	if (f == NULL) {
+		snprintf(err, sizeof(err), "no such flag '%s'", argv[2]);
+		rc = ctl_fail(STORE_NOT_FOUND, err);
+	}
+	for (size_t i = 0; f && i < f->cohorts.n; i++) {
+		const struct cohort *c = flag_snapshot_cohort(s, f->cohorts.items[i]);
+		size_t members = c ? c->members.n : 0;
+		if (ctl->json)
+			printf("{\"cohort\":\"%s\",\"members\":%zu}\n", f->cohorts.items[i], members);
+		else
+			printf("%-24s %zu members\n", f->cohorts.items[i], members);
+	}
+	flag_snapshot_unref(s);
+	return rc;
+}
+
+const struct ctl_verb ctl_flag_verbs[] = {
+	{ "list", "", "list all flags", NULL, flag_list },
+	{ "get", "NAME", "show one flag", NULL, flag_get },
+	{ "create", "NAME [--description T] [--owner O]",
+			  "create a flag: disabled, at 0%, salted with its name",
+			  "  --description T   what the flag switches (UTF-8, 1024 bytes at most)\n"
+			  "  --owner O         who to ask about it (UTF-8, 128 bytes at most)\n"
+			  "Names are 1-64 bytes of letters, digits, '.', '_' and '-'.\n",
+			  flag_create },
+	{ "delete", "NAME", "delete a flag (its users go to legacy)", NULL, flag_delete },
+	{ "set", "NAME [--percent P] [--description T] [--owner O]", "change a flag's rollout or labels",
+		       "  --percent P   share of users in: a percentage (\"12.5%\", two decimals at most)\n"
+		       "                or basis points (\"1250\"); raising it keeps everyone already in\n",
+		       flag_set },
+	{ "enable", "NAME", "turn the flag's rollout on", NULL, flag_switch },
+	{ "disable", "NAME", "turn the flag off for everyone (keeps its settings)", NULL,
+			   flag_switch },
+	{ "kill", "NAME", "emergency off: overrides everything until unkill", NULL, flag_switch },
+	{ "unkill", "NAME", "lift the kill switch; the rollout resumes as it was", NULL, flag_switch },
+	{ "rollback", "NAME", "percent 0 and disabled, in one change", NULL, flag_switch },
+	{ "allow", "NAME [--remove] ID...", "always on for these users (unless denied)",
+			 "  --remove   take the ids off the allow list instead\n", flag_allow },
+	{ "deny", "NAME [--remove] ID...", "always off for these users",
+			"  --remove   take the ids off the deny list instead\n", flag_deny },
+	{ "cohort", "add|remove|list NAME [COHORT...]", "attach named cohorts to a flag",
+			  "  add NAME COHORT...      the cohorts' members are on (after deny and allow)\n"
+			  "  remove NAME COHORT...   detach cohorts\n"
+			  "  list NAME               the flag's cohorts and their sizes\n"
+			  "Members are managed with 'cutoverctl cohort add|remove'.\n",
+			  flag_cohort },
+	{ "history", "NAME [--limit N]", "changes from the audit stream: time, actor, old -> new",
+			   "  --limit N   show the last N changes (default 20)\n", flag_history },
+	{ "eval", "NAME USER_ID...", "decision, reason and bucket for users", NULL, flag_eval_verb },
+	{ "watch", "", "print each change as it happens (Ctrl-C to stop)",
+			 "Prints the snapshot loaded at start, then one line per changed flag or\n"
+			 "cohort, and the connection state when Redis goes away or comes back.\n",
+			 ctl_flag_watch },
+	{ NULL, NULL, NULL, NULL, NULL },
+};
