@@ -13,6 +13,15 @@
 
 #include "common.h"
 
+/* The context's error, saying "timed out" where hiredis passes on the
+ * EAGAIN of a socket timeout as "Resource temporarily unavailable". */
+const char *redis_error_text(const redisContext *c)
+{
+	if (c->err == REDIS_ERR_IO && strstr(c->errstr, "temporarily unavailable") != NULL)
+		return "timed out";
+	return c->errstr[0] ? c->errstr : "connection lost";
+}
+
 /* Sends AUTH and SELECT over a connected synchronous context. */
 static int redis_handshake(redisContext *c, const struct redis_url *u, char *err, size_t errlen)
 {
@@ -32,7 +41,7 @@ static int redis_handshake(redisContext *c, const struct redis_url *u, char *err
 	}
 	return 0;
 fail:
-	snprintf(err, errlen, "%s", r ? r->str : c->errstr);
+	snprintf(err, errlen, "%s", r ? r->str : redis_error_text(c));
 	if (r)
 		freeReplyObject(r);
 	return -1;
@@ -53,7 +62,7 @@ redisContext *redis_connect(const struct redis_url *u, int timeout_ms, char *err
 		return NULL;
 	}
 	if (c->err) {
-		snprintf(err, errlen, "%s", c->errstr);
+		snprintf(err, errlen, "%s", redis_error_text(c));
 		goto fail;
 	}
 	if (redisSetTimeout(c, tv) != REDIS_OK) {

@@ -44,6 +44,7 @@ int ctl_usage_error(const char *group, const struct ctl_verb *verb, const char *
 int ctl_parse_options(const char *group, const struct ctl_verb *verb, int argc, char **argv, const char *shortopts,
 		      const struct option *longopts, int (*on_option)(int opt, const char *arg, void *state), void *state);
 const struct ctl_verb *ctl_verb_named(const struct ctl_verb *verbs, const char *name);
+int ctl_operands(const char *group, const struct ctl_verb *verb, int *argc, char ***argv);
 int ctl_dispatch(struct ctl *ctl, const char *group, const struct ctl_verb *verbs, int argc, char **argv);
 
 /* ctl_flag.c */

@@ -11,9 +11,13 @@
 static int cohort_change(struct ctl *ctl, int argc, char **argv)
 {
 	bool add = strcmp(argv[0], "add") == 0;
+	const struct ctl_verb *verb = ctl_verb_named(ctl_cohort_verbs, argv[0]);
+	int rc = ctl_operands("cohort", verb, &argc, &argv);
+	if (rc != CTL_EXIT_OK)
+		return rc;
 	if (argc < 3)
-		return ctl_usage_error("cohort", ctl_verb_named(ctl_cohort_verbs, argv[0]), "expected a cohort name and user ids");
-	int rc = ctl_check_name("cohort", argv[1]);
+		return ctl_usage_error("cohort", verb, "expected a cohort name and user ids");
+	rc = ctl_check_name("cohort", argv[1]);
 	if (rc == CTL_EXIT_OK)
 		rc = ctl_check_ids(argv + 2, (size_t)argc - 2);
 	if (rc != CTL_EXIT_OK)

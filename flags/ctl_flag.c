@@ -184,6 +184,13 @@ static int set_option(int opt, const char *arg, void *state)
 			fprintf(stderr, "cutoverctl: %s\n", err);
 			return CTL_EXIT_INVALID;
 		}
+		/* "--percent 10" is 0.1%: likely meant as 10%, so say it. */
+		if (strchr(arg, '%') == NULL && e->percent > 0 && e->percent < 100) {
+			char pct[16];
+			flag_percent_format(e->percent, pct, sizeof(pct));
+			fprintf(stderr, "cutoverctl: note: %s is basis points, i.e. %s; write %s%% for %s percent\n",
+				arg, pct, arg, arg);
+		}
 		return 0;
 	case 'd': e->description = arg; return 0;
 	case 'o': e->owner = arg; return 0;
@@ -483,6 +490,14 @@ static int flag_history(struct ctl *ctl, int argc, char **argv)
 	int status = flag_store_history(st, argv[first], limit, history_entry, &hp, err, sizeof(err));
 	if (status != STORE_OK)
 		return ctl_fail(status, err);
+	if (hp.printed == 0) {
+		/* A deleted flag keeps its history; one never created has none. */
+		struct flag *f = NULL;
+		status = flag_store_get(st, argv[first], &f, err, sizeof(err));
+		flag_free(f);
+		if (status == STORE_NOT_FOUND)
+			return ctl_fail(status, err);
+	}
 	if (ctl->json)
 		printf("%s\n", hp.printed ? "]" : "[]");
 	else if (hp.printed == 0)
@@ -492,9 +507,13 @@ static int flag_history(struct ctl *ctl, int argc, char **argv)
 
 static int flag_eval_verb(struct ctl *ctl, int argc, char **argv)
 {
+	const struct ctl_verb *verb = ctl_verb_named(ctl_flag_verbs, "eval");
+	int rc = ctl_operands("flag", verb, &argc, &argv);
+	if (rc != CTL_EXIT_OK)
+		return rc;
 	if (argc < 3)
-		return ctl_usage_error("flag", ctl_verb_named(ctl_flag_verbs, "eval"), "expected a flag name and user ids");
-	int rc = ctl_check_name("flag", argv[1]);
+		return ctl_usage_error("flag", verb, "expected a flag name and user ids");
+	rc = ctl_check_name("flag", argv[1]);
 	if (rc == CTL_EXIT_OK)
 		rc = ctl_check_ids(argv + 2, (size_t)argc - 2);
 	if (rc != CTL_EXIT_OK)
@@ -544,11 +563,14 @@ static int flag_eval_verb(struct ctl *ctl, int argc, char **argv)
 static int flag_cohort(struct ctl *ctl, int argc, char **argv)
 {
 	const struct ctl_verb *verb = ctl_verb_named(ctl_flag_verbs, "cohort");
+	int rc = ctl_operands("flag", verb, &argc, &argv);
+	if (rc != CTL_EXIT_OK)
+		return rc;
 	bool list = argc == 3 && strcmp(argv[1], "list") == 0;
 	bool add = argc >= 4 && strcmp(argv[1], "add") == 0;
 	if (!list && !add && !(argc >= 4 && strcmp(argv[1], "remove") == 0))
 		return ctl_usage_error("flag", verb, "expected add|remove NAME COHORT... or list NAME");
-	int rc = ctl_check_name("flag", argv[2]);
+	rc = ctl_check_name("flag", argv[2]);
 	for (int i = 3; i < argc && rc == CTL_EXIT_OK; i++)
 		rc = ctl_check_name("cohort", argv[i]);
 	if (rc != CTL_EXIT_OK)
@@ -578,10 +600,12 @@ static int flag_cohort(struct ctl *ctl, int argc, char **argv)
 		const struct cohort *c = flag_snapshot_cohort(s, f->cohorts.items[i]);
 		size_t members = c ? c->members.n : 0;
 		if (ctl->json)
-			printf("{\"cohort\":\"%s\",\"members\":%zu}\n", f->cohorts.items[i], members);
+			printf("%s{\"cohort\":\"%s\",\"members\":%zu}", i ? "," : "[", f->cohorts.items[i], members);
 		else
 			printf("%-24s %zu members\n", f->cohorts.items[i], members);
 	}
+	if (f && ctl->json)
+		printf("%s\n", f->cohorts.n ? "]" : "[]");
 	flag_snapshot_unref(s);
 	return rc;
 }

@@ -30,6 +30,7 @@ static void ctl_usage(FILE *out)
 		"  --json         machine-readable output\n"
 		"  --actor NAME   who to record in the audit stream (default: login name)\n"
 		"  --version      print the version\n"
+		"  -h, --help     print this help\n"
 		"\n"
 		"'cutoverctl GROUP' lists the verbs; 'cutoverctl GROUP VERB --help' explains one.\n"
 		"Exit codes: 0 ok, 1 usage, 2 no such flag, 3 Redis unreachable, 4 invalid value.\n",
@@ -40,12 +41,12 @@ static void ctl_group_usage(FILE *out, const char *group, const struct ctl_verb 
 {
 	fprintf(out, "usage: cutoverctl %s VERB [ARGS]\n\nVerbs:\n", group);
 	for (const struct ctl_verb *v = verbs; v->name; v++)
-		fprintf(out, "  %s %s\n      %s\n", v->name, v->args, v->summary);
+		fprintf(out, "  %s%s%s\n      %s\n", v->name, *v->args ? " " : "", v->args, v->summary);
 }
 
 static void ctl_verb_usage(FILE *out, const char *group, const struct ctl_verb *v)
 {
-	fprintf(out, "usage: cutoverctl %s %s %s\n\n%s\n", group, v->name, v->args, v->summary);
+	fprintf(out, "usage: cutoverctl %s %s%s%s\n\n%s\n", group, v->name, *v->args ? " " : "", v->args, v->summary);
 	if (v->help)
 		fprintf(out, "\n%s", v->help);
 }
@@ -87,7 +88,7 @@ int ctl_usage_error(const char *group, const struct ctl_verb *verb, const char *
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "\nusage: cutoverctl %s %s %s\n", group, verb->name, verb->args);
+	fprintf(stderr, "\nusage: cutoverctl %s %s%s%s\n", group, verb->name, *verb->args ? " " : "", verb->args);
 	return CTL_EXIT_USAGE;
 }
 
@@ -123,6 +124,23 @@ const struct ctl_verb *ctl_verb_named(const struct ctl_verb *verbs, const char *
 	while (strcmp(verbs->name, name) != 0)
 		verbs++;
 	return verbs;
+}
+
+/*
+ * For verbs without options: consumes a "--" (after which operands may
+ * start with '-') and refuses anything else that looks like an option.
+ * Shifts *argv so that (*argv)[1] is the first operand. Returns 0 or an
+ * exit code.
+ */
+int ctl_operands(const char *group, const struct ctl_verb *verb, int *argc, char ***argv)
+{
+	static const struct option none[] = { { NULL, 0, NULL, 0 } };
+	int first = ctl_parse_options(group, verb, *argc, *argv, "", none, NULL, NULL);
+	if (first < 0)
+		return -first;
+	*argc -= first - 1;
+	*argv += first - 1;
+	return CTL_EXIT_OK;
 }
 
 static bool ctl_wants_help(int argc, char **argv)
@@ -202,6 +220,17 @@ int main(int argc, char **argv)
 	}
 	if (ctl.actor == NULL)
 		ctl.actor = ctl_default_actor();
+	if (*ctl.actor == '\0' || strlen(ctl.actor) > FLAG_OWNER_MAX || !utf8_valid(ctl.actor, strlen(ctl.actor))) {
+		fprintf(stderr, "cutoverctl: --actor must be 1 to %d bytes of UTF-8\n", FLAG_OWNER_MAX);
+		return CTL_EXIT_INVALID;
+	}
+	struct redis_url url;
+	char why[FLAG_ERR_MAX];
+	if (redis_url_parse(ctl.redis_url, &url, why, sizeof(why)) < 0) {
+		fprintf(stderr, "cutoverctl: invalid Redis URL '%s': %s\n", ctl.redis_url, why);
+		return CTL_EXIT_INVALID;
+	}
+	redis_url_free(&url);
 	if (optind >= argc) {
 		ctl_usage(stderr);
 		return CTL_EXIT_USAGE;

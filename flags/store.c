@@ -11,10 +11,9 @@
  * Reads of a whole snapshot are also one script, so a snapshot never
  * mixes two versions.
  *
- * The scripts build key names from the prefix, which ties them to a
- * single Redis (not Redis Cluster); a prefix with a hash tag such as
- * "{cutover}" would make them cluster-safe by keeping every key in one
- * slot.
+ * The scripts build key names from the prefix instead of declaring them
+ * in KEYS, which ties cutover to a single Redis (with replicas), not to
+ * Redis Cluster.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -150,8 +149,7 @@ const char *flag_store_describe(const struct flag_store *st)
 static int store_reply_status(struct flag_store *st, const redisReply *r, char *err, size_t errlen)
 {
 	if (r == NULL) {
-		snprintf(err, errlen, "Redis at %s: %s", st->description,
-			 st->c->errstr[0] ? st->c->errstr : "connection lost");
+		snprintf(err, errlen, "Redis at %s: %s", st->description, redis_error_text(st->c));
 		return STORE_UNREACHABLE;
 	}
 	if (r->type == REDIS_REPLY_ERROR) {

@@ -14,6 +14,12 @@
  * connect timeout for async contexts, so the once-a-second tick also
  * abandons a connect that has not completed within 2 s.
  *
+ * A Redis that lost its data (restarted without persistence, flushed)
+ * has no version key. Taking that as "no flags" would send every user
+ * back to legacy at once, a rollback nobody asked for, so a snapshot of
+ * version 0 never replaces a real one: the watcher keeps what it has and
+ * logs an error until an operator writes a flag again.
+ *
  * Context lifetime: ac->data points back at the watcher while the
  * context is ours; a context being torn down has data NULL, so callbacks
  * hiredis runs during the teardown find nothing to do.
@@ -100,9 +106,10 @@ static void watcher_fail(struct flag_watcher *w, const char *reason)
 	w->loading = false;
 	w->reload_again = false;
 	if (w->state != WATCHER_DISCONNECTED) {
-		char detail[512];
-		snprintf(detail, sizeof(detail), "Redis at %s: %s; keeping snapshot version %lld",
-			 w->description, reason, w->version);
+		char detail[512], kept[64] = "no snapshot yet: everything goes to legacy";
+		if (w->version >= 0)
+			snprintf(kept, sizeof(kept), "keeping snapshot version %lld", w->version);
+		snprintf(detail, sizeof(detail), "Redis at %s: %s; %s", w->description, reason, kept);
 		log_warn("flag watcher: %s", detail);
 		watcher_set_state(w, WATCHER_DISCONNECTED, detail);
 	}
@@ -175,6 +182,11 @@ static void watcher_on_loaded(redisAsyncContext *ac, void *reply, void *privdata
 		log_error("flag watcher: rejected new snapshot, keeping version %lld: %s", w->version, err);
 	} else if (snap->version == w->version) {
 		flag_snapshot_unref(snap);
+	} else if (snap->version == 0 && w->version > 0) {
+		log_error("flag watcher: Redis at %s has no flags version (data lost?); keeping snapshot version %lld "
+			  "until a flag is written again",
+			  w->description, w->version);
+		flag_snapshot_unref(snap);
 	} else {
 		struct flag_snapshot *old = flag_slot_acquire(w->slot);
 		w->version = snap->version;
@@ -236,7 +248,7 @@ static void watcher_on_version(redisAsyncContext *ac, void *reply, void *privdat
 	long long v = r->type == REDIS_REPLY_STRING ? strtoll(r->str, NULL, 10) : 0;
 	/* Any difference, not just an increase: a Redis restored from an
 	 * older dump has a smaller version and different flags. */
-	if (v != w->version) {
+	if (v != w->version && !(v == 0 && w->version > 0)) {
 		log_info("flag watcher: version %lld in Redis, %lld in memory: reloading", v, w->version);
 		watcher_load(w);
 	}
