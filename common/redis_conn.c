@@ -39,6 +39,14 @@ static int redis_handshake(redisContext *c, const struct redis_url *u, char *err
 			goto fail;
 		freeReplyObject(r);
 	}
+	if (u->password == NULL && u->db == 0) {
+		/* Nothing was sent yet: a server that wants a password must
+		 * say so now, as a failure to connect, not on a later command. */
+		r = redisCommand(c, "PING");
+		if (r == NULL || r->type == REDIS_REPLY_ERROR)
+			goto fail;
+		freeReplyObject(r);
+	}
 	return 0;
 fail:
 	snprintf(err, errlen, "%s", r ? r->str : redis_error_text(c));
@@ -65,7 +73,7 @@ redisContext *redis_connect(const struct redis_url *u, int timeout_ms, char *err
 		snprintf(err, errlen, "%s", redis_error_text(c));
 		goto fail;
 	}
-	if (redisSetTimeout(c, tv) != REDIS_OK) {
+	if (redisSetTimeout(c, tv) != REDIS_OK || redisEnableKeepAlive(c) != REDIS_OK) {
 		snprintf(err, errlen, "cannot set the Redis timeout: %s", c->errstr);
 		goto fail;
 	}
@@ -109,6 +117,7 @@ redisAsyncContext *redis_connect_async(const struct redis_url *u, struct event_b
 		return NULL;
 	}
 	redisLibeventAttach(ac, base);
+	redisEnableKeepAlive(&ac->c);
 	if (u->password) {
 		if (u->user)
 			redisAsyncCommand(ac, redis_async_handshake_reply, "AUTH", "AUTH %s %s", u->user,

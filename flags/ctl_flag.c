@@ -113,7 +113,13 @@ int ctl_check_ids(char **ids, size_t n)
 	char why[FLAG_ERR_MAX];
 	for (size_t i = 0; i < n; i++) {
 		if (flag_user_id_check(ids[i], strlen(ids[i]), why, sizeof(why)) < 0) {
-			fprintf(stderr, "cutoverctl: invalid user id '%s': %s\n", ids[i], why);
+			/* Quoted as JSON: the id may hold control characters. */
+			struct buf shown;
+			buf_init(&shown);
+			json_put_string(&shown, ids[i], strlen(ids[i]) > 80 ? 80 : strlen(ids[i]));
+			fprintf(stderr, "cutoverctl: invalid user id %s%s: %s\n", shown.data,
+				strlen(ids[i]) > 80 ? " (cut)" : "", why);
+			buf_free(&shown);
 			return CTL_EXIT_INVALID;
 		}
 	}

@@ -8,6 +8,14 @@
  * version key is compared with the snapshot's, which catches a message
  * lost to a reconnect.
  *
+ * A connection can also die silently (a partition, a NAT dropping the
+ * flow, a host gone without a reset): nothing arrives and nothing fails.
+ * So every tick also publishes a heartbeat on a channel of this watcher's
+ * own, which the subscriber must receive; a version check or heartbeat
+ * left unanswered for WATCHER_MAX_UNANSWERED ticks counts as a failure.
+ * (hiredis 0.14 drops the reply to PING on a subscribed connection, hence
+ * the heartbeat through PUBLISH.)
+ *
  * Fail-static: when Redis goes away the slot keeps the last snapshot,
  * the state becomes WATCHER_DISCONNECTED and the watcher reconnects with
  * exponential backoff (100 ms doubling to 5 s). hiredis 0.14 has no
@@ -27,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
@@ -38,12 +47,14 @@
 #define WATCHER_CONNECT_TIMEOUT_US 2000000
 #define WATCHER_BACKOFF_MIN_MS 100
 #define WATCHER_BACKOFF_MAX_MS 5000
+#define WATCHER_MAX_UNANSWERED 3
 
 struct flag_watcher {
 	struct event_base *base;
 	struct redis_url url;
 	char *prefix;
 	char *channel;
+	char *heartbeat_channel;
 	char description[256];
 	struct flag_snapshot_slot *slot;
 	struct watcher_hooks hooks;
@@ -51,6 +62,9 @@ struct flag_watcher {
 	redisAsyncContext *sub;
 	enum watcher_state state;
 	bool subscribed;
+	int version_unanswered;   /* ticks since a version check was answered */
+	int heartbeat_unanswered; /* ticks since a heartbeat came back */
+	long long rejected_version; /* a version whose data failed to decode */
 	bool loaded; /* a snapshot was read over the current connection */
 	bool loading;
 	bool reload_again;
@@ -102,6 +116,8 @@ static void watcher_fail(struct flag_watcher *w, const char *reason)
 	watcher_drop(&w->cmd);
 	watcher_drop(&w->sub);
 	w->subscribed = false;
+	w->version_unanswered = 0;
+	w->heartbeat_unanswered = 0;
 	w->loaded = false;
 	w->loading = false;
 	w->reload_again = false;
@@ -179,6 +195,8 @@ static void watcher_on_loaded(redisAsyncContext *ac, void *reply, void *privdata
 	if (flag_snapshot_from_reply(r, &snap, err, sizeof(err)) < 0) {
 		/* Bad data is not an outage: stay connected, keep serving the
 		 * last good snapshot, and try again on the next change. */
+		if (r->type == REDIS_REPLY_ARRAY && r->elements > 0 && r->element[0]->type == REDIS_REPLY_STRING)
+			w->rejected_version = strtoll(r->element[0]->str, NULL, 10);
 		log_error("flag watcher: rejected new snapshot, keeping version %lld: %s", w->version, err);
 	} else if (snap->version == w->version) {
 		flag_snapshot_unref(snap);
@@ -230,7 +248,10 @@ static void watcher_on_message(redisAsyncContext *ac, void *reply, void *privdat
 		w->subscribed = true;
 		watcher_maybe_live(w);
 	} else if (strcmp(r->element[0]->str, "message") == 0 && w->cmd != NULL) {
-		watcher_load(w);
+		if (strcmp(r->element[1]->str, w->heartbeat_channel) == 0)
+			w->heartbeat_unanswered = 0;
+		else
+			watcher_load(w);
 	}
 }
 
@@ -245,10 +266,11 @@ static void watcher_on_version(redisAsyncContext *ac, void *reply, void *privdat
 		watcher_fail(w, r->str);
 		return;
 	}
+	w->version_unanswered = 0;
 	long long v = r->type == REDIS_REPLY_STRING ? strtoll(r->str, NULL, 10) : 0;
 	/* Any difference, not just an increase: a Redis restored from an
 	 * older dump has a smaller version and different flags. */
-	if (v != w->version && !(v == 0 && w->version > 0)) {
+	if (v != w->version && v != w->rejected_version && !(v == 0 && w->version > 0)) {
 		log_info("flag watcher: version %lld in Redis, %lld in memory: reloading", v, w->version);
 		watcher_load(w);
 	}
@@ -262,7 +284,15 @@ static void watcher_on_tick(evutil_socket_t fd, short what, void *arg)
 		if (clock_monotonic_us() - w->connect_started_us > WATCHER_CONNECT_TIMEOUT_US)
 			watcher_fail(w, "no answer within 2 s");
 	} else if (w->state == WATCHER_LIVE && w->cmd != NULL) {
+		if (w->version_unanswered >= WATCHER_MAX_UNANSWERED ||
+		    w->heartbeat_unanswered >= WATCHER_MAX_UNANSWERED) {
+			watcher_fail(w, "no reply for 3 s");
+			return;
+		}
+		w->version_unanswered++;
+		w->heartbeat_unanswered++;
 		redisAsyncCommand(w->cmd, watcher_on_version, NULL, "GET %s:flags:version", w->prefix);
+		redisAsyncCommand(w->cmd, NULL, NULL, "PUBLISH %s 1", w->heartbeat_channel);
 	}
 }
 
@@ -294,7 +324,7 @@ static void watcher_connect(struct flag_watcher *w)
 		watcher_fail(w, err);
 		return;
 	}
-	redisAsyncCommand(w->sub, watcher_on_message, NULL, "SUBSCRIBE %s", w->channel);
+	redisAsyncCommand(w->sub, watcher_on_message, NULL, "SUBSCRIBE %s %s", w->channel, w->heartbeat_channel);
 	watcher_load(w);
 }
 
@@ -323,10 +353,13 @@ struct flag_watcher *flag_watcher_new(struct event_base *base, const char *url, 
 	buf_init(&channel);
 	flag_store_key(prefix, "flags:changed", &channel);
 	w->channel = buf_detach(&channel);
+	buf_printf(&channel, "%s:flags:heartbeat:%d-%p", prefix, (int)getpid(), (void *)w);
+	w->heartbeat_channel = buf_detach(&channel);
 	w->slot = slot;
 	if (hooks)
 		w->hooks = *hooks;
 	w->version = -1;
+	w->rejected_version = -1;
 	w->state = WATCHER_CONNECTING;
 	w->backoff_ms = WATCHER_BACKOFF_MIN_MS;
 	w->tick = event_new(base, -1, EV_PERSIST, watcher_on_tick, w);
@@ -348,6 +381,7 @@ void flag_watcher_free(struct flag_watcher *w)
 	redis_url_free(&w->url);
 	free(w->prefix);
 	free(w->channel);
+	free(w->heartbeat_channel);
 	free(w);
 }
 
