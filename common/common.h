@@ -7,7 +7,9 @@
 #ifndef CUTOVER_COMMON_H
 #define CUTOVER_COMMON_H
 
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -75,6 +77,24 @@ int json_get_bool(const struct json_doc *doc, int i, bool *out);
 int json_get_int(const struct json_doc *doc, int i, long long *out);
 bool json_key_is(const struct json_doc *doc, int i, const char *key);
 void json_put_string(struct buf *b, const char *s, size_t len);
+
+/* slot.c: hands immutable, reference-counted objects (flag snapshots,
+ * configs) from one writer to many reader threads. The mutex guards a
+ * pointer swap and a reference increment, nothing longer; a reader that
+ * already holds an object checks `generation` (one atomic load) before
+ * touching the mutex at all. */
+struct slot {
+	pthread_mutex_t lock;
+	void *current;
+	atomic_uint generation;
+	void *(*ref)(void *obj);
+	void (*unref)(void *obj);
+};
+void slot_init(struct slot *s, void *(*ref)(void *obj), void (*unref)(void *obj));
+void slot_destroy(struct slot *s);
+void slot_publish(struct slot *s, void *obj);
+void *slot_acquire(struct slot *s);
+void *slot_refresh(struct slot *s, void *held, unsigned *seen_generation);
 
 /* redis_url.c */
 struct redis_url {

@@ -136,16 +136,10 @@ void flag_snapshot_unref(struct flag_snapshot *s);
 const struct flag *flag_snapshot_find(const struct flag_snapshot *s, const char *name);
 const struct cohort *flag_snapshot_cohort(const struct flag_snapshot *s, const char *name);
 
-/*
- * The slot through which a writer hands snapshots to readers. The mutex
- * guards only a pointer swap and a reference increment - never a Redis
- * round trip - and a reader that already holds a snapshot checks
- * `generation` (one atomic load) before touching the mutex at all.
- */
+/* The slot through which the watcher hands snapshots to readers (see
+ * struct slot): the lock is never held across a Redis round trip. */
 struct flag_snapshot_slot {
-	pthread_mutex_t lock;
-	struct flag_snapshot *current;
-	atomic_uint generation;
+	struct slot slot;
 };
 void flag_slot_init(struct flag_snapshot_slot *slot);
 void flag_slot_destroy(struct flag_snapshot_slot *slot);

@@ -109,56 +109,38 @@ const struct cohort *flag_snapshot_cohort(const struct flag_snapshot *s, const c
 	return bsearch(&key, s->cohorts, s->ncohorts, sizeof(*s->cohorts), compare_cohorts);
 }
 
+static void *snapshot_ref(void *s)
+{
+	return flag_snapshot_ref(s);
+}
+
+static void snapshot_unref(void *s)
+{
+	flag_snapshot_unref(s);
+}
+
 void flag_slot_init(struct flag_snapshot_slot *slot)
 {
-	pthread_mutex_init(&slot->lock, NULL);
-	slot->current = NULL;
-	atomic_init(&slot->generation, 0);
+	slot_init(&slot->slot, snapshot_ref, snapshot_unref);
 }
 
 void flag_slot_destroy(struct flag_snapshot_slot *slot)
 {
-	flag_snapshot_unref(slot->current);
-	slot->current = NULL;
-	pthread_mutex_destroy(&slot->lock);
+	slot_destroy(&slot->slot);
 }
 
-/* Makes snap (whose reference passes to the slot) the current snapshot. */
 void flag_slot_publish(struct flag_snapshot_slot *slot, struct flag_snapshot *snap)
 {
-	pthread_mutex_lock(&slot->lock);
-	struct flag_snapshot *old = slot->current;
-	slot->current = snap;
-	atomic_fetch_add_explicit(&slot->generation, 1, memory_order_release);
-	pthread_mutex_unlock(&slot->lock);
-	/* Freed outside the lock: a big snapshot takes a while to free. */
-	flag_snapshot_unref(old);
+	slot_publish(&slot->slot, snap);
 }
 
-/* A reference to the current snapshot (caller unrefs), or NULL if none
- * has been published yet. */
 struct flag_snapshot *flag_slot_acquire(struct flag_snapshot_slot *slot)
 {
-	pthread_mutex_lock(&slot->lock);
-	struct flag_snapshot *s = slot->current ? flag_snapshot_ref(slot->current) : NULL;
-	pthread_mutex_unlock(&slot->lock);
-	return s;
+	return slot_acquire(&slot->slot);
 }
 
-/*
- * For readers that keep a snapshot between uses (a proxy worker): returns
- * held if nothing was published since *seen_generation - one atomic load,
- * no lock - or else releases held and returns the current snapshot.
- */
 struct flag_snapshot *flag_slot_refresh(struct flag_snapshot_slot *slot, struct flag_snapshot *held,
 					unsigned *seen_generation)
 {
-	if (atomic_load_explicit(&slot->generation, memory_order_acquire) == *seen_generation)
-		return held;
-	pthread_mutex_lock(&slot->lock);
-	struct flag_snapshot *s = slot->current ? flag_snapshot_ref(slot->current) : NULL;
-	*seen_generation = atomic_load_explicit(&slot->generation, memory_order_relaxed);
-	pthread_mutex_unlock(&slot->lock);
-	flag_snapshot_unref(held);
-	return s;
+	return slot_refresh(&slot->slot, held, seen_generation);
 }

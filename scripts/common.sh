@@ -7,6 +7,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 # Build tools and libraries, and the real peers the tests start.
 CUTOVER_PACKAGES="gcc make autoconf automake pkg-config perl \
 libevent-dev libhiredis-dev libmongoc-dev libjsmn-dev libcmocka-dev \
+libconfuse-dev libhttp-parser-dev \
 redis-server redis-tools python3 python3-redis"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }

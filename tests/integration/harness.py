@@ -123,6 +123,9 @@ class TAP:
                         self.diag("stderr:\n" + stderr[-3000:])
                 for srv in list(_servers):
                     self.diag("redis log %s (tail):\n%s" % (srv.logfile, srv.log_tail()))
+                for child in list(_children):
+                    if hasattr(child, "log_tail"):
+                        self.diag("%s stderr (tail):\n%s" % (child.name, child.log_tail()))
         sys.stdout.flush()
         return passed
 
@@ -138,14 +141,17 @@ class TAP:
 T = None  # the running script's TAP
 
 
-def main(body):
+def main(body, programs=()):
     """Runs body(t) with a fresh TAP, turns an exception into a failed test
-    point, stops everything and exits with the TAP status."""
+    point, stops everything and exits with the TAP status. programs: more
+    binaries of the build directory the script needs (cutoverctl always)."""
     global T
     T = TAP()
-    if not os.access(CTL, os.X_OK):
-        print("Bail out! no cutoverctl at %s (set CUTOVER_BUILDDIR to the build directory)" % CTL)
-        sys.exit(1)
+    for prog in (CTL,) + tuple(os.path.join(BUILDDIR, p) for p in programs):
+        if not os.access(prog, os.X_OK):
+            print("Bail out! no %s at %s (set CUTOVER_BUILDDIR to the build directory)"
+                  % (os.path.basename(prog), prog))
+            sys.exit(1)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _on_signal)
     try:
@@ -500,3 +506,686 @@ class Watch:
             self.proc.wait()
         if self in _children:
             _children.remove(self)
+
+
+# --- long-running children: echo upstreams, the proxy ------------------------
+
+class Process:
+    """A long-running child that dies with the test (setpriv pdeathsig, as
+    for Watch): stdout read by lines against a deadline (read_stdout=True,
+    else discarded), stderr appended to a file that can be read while it
+    runs, checked for sanitizer reports when it stops and shown (tail) by
+    TEST_VERBOSE. expect_rc: the exit status stop() wants (None: any);
+    another one fails the next test point."""
+
+    def __init__(self, argv, name=None, read_stdout=False, env=None, expect_rc=None):
+        self.argv = [str(a) for a in argv]
+        self.name = name or os.path.basename(self.argv[0])
+        self.read_stdout = read_stdout
+        self.env = env
+        self.expect_rc = expect_rc
+        self.dir = tempfile.mkdtemp(prefix="cutover-it-%s-" % self.name)
+        self.errpath = os.path.join(self.dir, "stderr")
+        self.proc = None
+        self.returncode = None
+        self.start()
+
+    def start(self):
+        """Starts (or starts again, after a stop) the same argv."""
+        self.pending = b""
+        self.lines = []
+        self.pos = 0
+        self.eof = False
+        self.returncode = None
+        err = open(self.errpath, "ab")
+        try:
+            self.proc = subprocess.Popen(_with_parent(self.argv), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE if self.read_stdout else subprocess.DEVNULL,
+                                         stderr=err, env=self.env or _child_env(), start_new_session=True)
+        finally:
+            err.close()
+        self.fd = self.proc.stdout.fileno() if self.read_stdout else None
+        self.err_start = os.path.getsize(self.errpath)
+        if self not in _children:
+            _children.append(self)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_line(self, pred, timeout=5.0):
+        """The next stdout line (after those already returned) for which
+        pred is true, or None at EOF or the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while self.pos < len(self.lines):
+                line = self.lines[self.pos]
+                self.pos += 1
+                if pred(line):
+                    return line
+            if self.eof or time.monotonic() >= deadline:
+                return None
+            ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                continue
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                self.eof = True
+                continue
+            self.pending += chunk
+            *lines, self.pending = self.pending.split(b"\n")
+            self.lines += [raw.decode("utf-8", "replace") for raw in lines]
+
+    def stderr(self, since_start=False):
+        """What the child wrote on stderr (all runs, or this run only)."""
+        try:
+            with open(self.errpath, "rb") as f:
+                if since_start:
+                    f.seek(self.err_start)
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def stderr_size(self):
+        try:
+            return os.path.getsize(self.errpath)
+        except OSError:
+            return 0
+
+    def wait_stderr(self, text, timeout=5.0, since=0):
+        """Polls stderr (from byte offset since) until it contains text;
+        returns True, or False at the deadline."""
+        def seen():
+            try:
+                with open(self.errpath, "rb") as f:
+                    f.seek(since)
+                    return text in f.read().decode("utf-8", "replace")
+            except OSError:
+                return False
+        return poll(seen, timeout)
+
+    def log_tail(self, lines=40):
+        return "\n".join(self.stderr().splitlines()[-lines:])
+
+    def send_signal(self, sig):
+        if self.alive():
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout):
+        """The exit status once it exits within timeout, else None."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _finish(self):
+        if self in _children:
+            _children.remove(self)
+        if self.fd is not None:
+            self.proc.stdout.close()
+            self.fd = None
+        self.returncode = self.proc.returncode
+        err = self.stderr(since_start=True)
+        _note_command(self.argv, self.returncode, err)
+        bad = sanitizer_problem(self.name, self.returncode, err)
+        if bad:
+            _problem(bad)
+        elif self.expect_rc is not None and self.returncode != self.expect_rc:
+            _problem("%s exited with %s, not %s; stderr tail:\n%s"
+                     % (self.name, self.returncode, self.expect_rc, self.log_tail()))
+
+    def stop(self, sig=signal.SIGTERM, timeout=10.0):
+        """Sends sig, waits up to timeout; returns the exit status, or None
+        if it had to be killed (which fails the next test point)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            if self.wait(timeout) is None:
+                _problem("%s did not exit within %ss of signal %d; stderr tail:\n%s"
+                         % (self.name, timeout, sig, self.log_tail()))
+                self.kill()
+                return None
+        if self in _children:
+            self._finish()
+        return self.returncode
+
+    def kill(self):
+        """SIGKILL, no checks: for cleanup, or to make an upstream vanish."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self in _children:
+            _children.remove(self)
+        if self.fd is not None:
+            self.proc.stdout.close()
+            self.fd = None
+        self.returncode = self.proc.returncode if self.proc else None
+
+
+def poll(cond, timeout, interval=0.01):
+    """Calls cond() until it returns something true (returned) or timeout
+    seconds have passed (the last false value is returned)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v or time.monotonic() >= deadline:
+            return v
+        time.sleep(interval)  # poll interval, bounded by the deadline
+
+
+# --- HTTP: a response, a raw client, and polling --------------------------------
+
+class Response:
+    """One HTTP response: status, reason, headers as a list of (name,
+    value) in order, body bytes, and the time it took."""
+
+    def __init__(self, status, reason, headers, body, elapsed=0.0, version="HTTP/1.1"):
+        self.status = status
+        self.reason = reason
+        self.headers = list(headers)
+        self.body = body
+        self.elapsed = elapsed
+        self.version = version
+
+    def header(self, name, default=None):
+        for n, v in self.headers:
+            if n.lower() == name.lower():
+                return v
+        return default
+
+    def header_all(self, name):
+        return [v for n, v in self.headers if n.lower() == name.lower()]
+
+    def has(self, name):
+        return any(n.lower() == name.lower() for n, _ in self.headers)
+
+    def json(self):
+        try:
+            return jsonlib.loads(self.body.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    @property
+    def route(self):
+        return self.header("X-Cutover-Route")
+
+    @property
+    def upstream(self):
+        doc = self.json()
+        return doc.get("upstream") if isinstance(doc, dict) else None
+
+    def __repr__(self):
+        body = self.body if len(self.body) < 600 else self.body[:600] + b"..."
+        return "<%s %s %r %r>" % (self.status, self.reason, self.headers, body)
+
+
+def http_request(host, port, method, path, headers=None, body=None, conn=None, timeout=10.0):
+    """One request with http.client: on conn (kept open, keep-alive) or on
+    a new connection closed afterwards. Returns a Response."""
+    import http.client
+    own = conn is None
+    if own:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    t0 = time.monotonic()
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        data = r.read()
+        return Response(r.status, r.reason, r.getheaders(), data, time.monotonic() - t0)
+    finally:
+        if own:
+            conn.close()
+
+
+def wait_http(url, deadline, want=200, headers=None):
+    """Polls GET url (http://host:port/path) for up to deadline seconds
+    until it answers status want. Returns that Response, or None (refused
+    connections and other answers are retried)."""
+    import urllib.parse
+    u = urllib.parse.urlsplit(url)
+    path = u.path + ("?" + u.query if u.query else "")
+    last = [None]
+
+    def attempt():
+        try:
+            r = http_request(u.hostname, u.port, "GET", path or "/", headers=headers, timeout=2)
+        except OSError:
+            return None
+        last[0] = r
+        return r if r.status == want else None
+    return poll(attempt, deadline, 0.02)
+
+
+class RawConn:
+    """A plain socket to a server, for what http.client will not send or
+    cannot read: malformed requests, pipelining, 100-continue, HEAD on a
+    kept connection. Responses are parsed here, strictly, against a
+    deadline; a ValueError means the bytes were not HTTP/1.1."""
+
+    def __init__(self, host, port, timeout=10.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = b""
+        self.closed = False  # the server closed its side
+
+    def send(self, data):
+        self.sock.sendall(data if isinstance(data, bytes) else data.encode("latin-1"))
+
+    def _fill(self, deadline):
+        if self.closed:
+            return False
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no answer before the deadline (have %r)" % self.buf[:200])
+        self.sock.settimeout(left)
+        try:
+            chunk = self.sock.recv(65536)
+        except socket.timeout:
+            raise TimeoutError("no answer before the deadline (have %r)" % self.buf[:200])
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            self.closed = True
+            return False
+        self.buf += chunk
+        return True
+
+    def _line(self, deadline):
+        while b"\r\n" not in self.buf:
+            if not self._fill(deadline):
+                raise ValueError("connection closed in a head: %r" % self.buf[:200])
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _exact(self, n, deadline):
+        while len(self.buf) < n:
+            if not self._fill(deadline):
+                raise ValueError("connection closed %d bytes into a %d-byte body" % (len(self.buf), n))
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def read_head(self, timeout=5.0):
+        """The next response head: (version, status, reason, headers)."""
+        deadline = time.monotonic() + timeout
+        status_line = self._line(deadline).decode("latin-1")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise ValueError("not a status line: %r" % status_line)
+        headers = []
+        while True:
+            line = self._line(deadline).decode("latin-1")
+            if line == "":
+                break
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise ValueError("not a header line: %r" % line)
+            headers.append((name, value.strip()))
+        return parts[0], int(parts[1]), parts[2] if len(parts) > 2 else "", headers
+
+    def read_response(self, timeout=5.0, head_request=False):
+        """The next response, 1xx ones skipped... no: 1xx are returned too,
+        as responses without a body. head_request: no body follows."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        version, status, reason, headers = self.read_head(timeout)
+        r = Response(status, reason, headers, b"", version=version)
+        if head_request or status < 200 or status in (204, 304):
+            r.elapsed = time.monotonic() - t0
+            return r
+        te = ",".join(r.header_all("Transfer-Encoding")).lower()
+        lengths = r.header_all("Content-Length")
+        if "chunked" in te:
+            body = b""
+            while True:
+                size = int(self._line(deadline).split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self._line(deadline) != b"":
+                        pass
+                    break
+                body += self._exact(size, deadline)
+                if self._exact(2, deadline) != b"\r\n":
+                    raise ValueError("chunk not followed by CRLF")
+            r.body = body
+        elif lengths:
+            if len(set(lengths)) != 1:
+                raise ValueError("several Content-Length values: %r" % lengths)
+            r.body = self._exact(int(lengths[0]), deadline)
+        else:
+            while self._fill(deadline):
+                pass
+            r.body, self.buf = self.buf, b""
+        r.elapsed = time.monotonic() - t0
+        return r
+
+    def at_eof(self, timeout=2.0):
+        """True if the server closes the connection (nothing more is sent)
+        within timeout."""
+        deadline = time.monotonic() + timeout
+        try:
+            while self._fill(deadline):
+                pass
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+# --- the echo upstream and the proxy ---------------------------------------------
+
+ECHO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "echo_upstream.py")
+PROXY = os.path.join(BUILDDIR, "cutover-proxy")
+PYTHON = "/usr/bin/python3"
+
+
+class Echo(Process):
+    """echo_upstream.py as legacy or service, on a port of its own (any
+    free one the first time, the same one after a restart)."""
+
+    def __init__(self, name, port=0):
+        self.upstream = name
+        self.port = port
+        super().__init__([PYTHON, ECHO, "--name", name, "--port", port], name="echo-" + name,
+                         read_stdout=True, expect_rc=0)
+
+    def start(self):
+        if self.port:
+            self.argv[-1] = str(self.port)
+        super().start()
+        first = self.wait_line(lambda line: True, 10)
+        if first and first.startswith("port "):
+            self.port = int(first.split()[1])
+            first = self.wait_line(lambda line: True, 10)
+        if first != "ready":
+            raise RuntimeError("echo upstream %s did not start (%r):\n%s" % (self.upstream, first, self.stderr()))
+
+    def stats(self):
+        return http_request("127.0.0.1", self.port, "GET", "/_echo/stats", timeout=5).json()
+
+    def wait_inflight(self, n=1, timeout=5.0):
+        """True once at least n requests are being answered (slow ones)."""
+        return bool(poll(lambda: self.stats()["inflight"] >= n, timeout))
+
+
+# The routes of conf/cutover.conf, with a shorter breaker.
+ROUTES = """
+route user {
+	methods = { "GET", "HEAD", "PUT", "PATCH", "DELETE" }
+	path = "/api/users/{id}"
+	user = { "path:id" }
+	read_flag = "users-read"
+	write_flag = "users-write"
+	no_user = "legacy"
+	read_fallback = true
+	breaker_failures = %(breaker_failures)d
+	breaker_open = %(breaker_open)d
+}
+
+route user-subresources {
+	methods = { "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE" }
+	path = "/api/users/{id}/*"
+	user = { "path:id" }
+	read_flag = "users-read"
+	write_flag = "users-write"
+}
+
+route me {
+	methods = { "GET", "HEAD" }
+	path = "/api/me"
+	user = { "header:X-User-Id", "cookie:uid", "jwt:sub" }
+	read_flag = "users-read"
+}
+
+route create-user {
+	methods = { "POST" }
+	path = "/api/users"
+	user = { "body:email" }
+	write_flag = "users-write"
+}
+"""
+
+
+def _conf_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    return jsonlib.dumps(v)
+
+
+class Proxy(Process):
+    """cutover-proxy -c FILE with a config written from settings, on free
+    ports, 2 workers, logging access lines to DIR/access.log.
+
+    settings (all optional but legacy/service):
+      legacy, service    Echo objects (or ports)
+      redis_url, prefix  default: the first RedisServer, PREFIX
+      workers            2
+      upstream           {"legacy": {"read_timeout": 300}, ...}
+      limits             {"header_bytes": 4096, ...}
+      top                more top-level options: {"force_header": ..., "admin_token": ...}
+      routes             route blocks (default ROUTES with breaker_failures 3,
+                         breaker_open 60000)
+      extra              raw text appended
+    Starting waits for /readyz to answer 200 (ready_wait is 60 s, so that
+    means the flags are loaded) unless wait_ready=False.
+    """
+
+    _tags = 0
+
+    def __init__(self, legacy, service, wait_ready=True, ready_timeout=20.0, **settings):
+        self.settings = dict(settings, legacy=legacy, service=service)
+        self.confdir = tempfile.mkdtemp(prefix="cutover-it-proxy-conf-")
+        self.conf = os.path.join(self.confdir, "cutover.conf")
+        self.access_log = os.path.join(self.confdir, "access.log")
+        self.port = self.admin_port = None
+        for attempt in range(5):
+            self.port, self.admin_port = free_port(), free_port()
+            self.write_config(self.render())
+            super().__init__([PROXY, "-c", self.conf], name="cutover-proxy", expect_rc=0)
+            if not wait_ready:
+                return
+            if self.wait_ready(ready_timeout):
+                return
+            if self.alive() or "cannot listen" not in self.stderr(since_start=True):
+                break
+            self.proc.wait()
+            self._finish_quietly()
+        raise RuntimeError("cutover-proxy did not get ready (exit %s):\n%s"
+                           % (self.proc.poll(), self.log_tail()))
+
+    def _finish_quietly(self):
+        if self in _children:
+            _children.remove(self)
+
+    def render(self, **overrides):
+        """The config text for the settings, with overrides applied."""
+        s = dict(self.settings, **overrides)
+
+        def port(x):
+            return x.port if hasattr(x, "port") else int(x)
+        limits = {"header_bytes": 16384, "body_bytes": 1048576, "client_timeout": 60000,
+                  "drain_timeout": 10000, "ready_wait": 60000}
+        limits.update(s.get("limits") or {})
+        top = {"route_header": True, "default": "legacy", "log_level": "info",
+               "access_log": self.access_log}
+        top.update(s.get("top") or {})
+        out = ['listen = { "127.0.0.1:%d" }' % self.port,
+               'admin_listen = "127.0.0.1:%d"' % self.admin_port,
+               "workers = %d" % s.get("workers", 2),
+               "redis {",
+               "\turl = %s" % _conf_value(s.get("redis_url") or _default_url()),
+               "\tprefix = %s" % _conf_value(s.get("prefix") or PREFIX),
+               "}"]
+        for kind in ("legacy", "service"):
+            opts = {"address": "127.0.0.1:%d" % port(s[kind]), "connect_timeout": 1000,
+                    "read_timeout": 10000, "write_timeout": 10000, "keepalive": 16}
+            opts.update((s.get("upstream") or {}).get(kind, {}))
+            out.append("upstream %s {" % kind)
+            out += ["\t%s = %s" % (k, _conf_value(v)) for k, v in opts.items()]
+            out.append("}")
+        out += ["%s = %s" % (k, _conf_value(v)) for k, v in top.items() if v is not None]
+        out.append("limits {")
+        out += ["\t%s = %s" % (k, _conf_value(v)) for k, v in limits.items()]
+        out.append("}")
+        routes = s.get("routes")
+        if routes is None:
+            routes = ROUTES % {"breaker_failures": s.get("breaker_failures", 3),
+                               "breaker_open": s.get("breaker_open", 60000)}
+        out.append(routes)
+        out.append(s.get("extra", ""))
+        return "\n".join(out) + "\n"
+
+    def write_config(self, text):
+        tmp = self.conf + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, self.conf)
+
+    def wait_ready(self, timeout=20.0):
+        """True once /readyz answers 200; False if the proxy exits or the
+        deadline passes."""
+        def ready():
+            if not self.alive():
+                return "exited"
+            try:
+                return http_request("127.0.0.1", self.admin_port, "GET", "/readyz", timeout=2).status == 200
+            except OSError:
+                return False
+        return poll(ready, timeout, 0.02) is True
+
+    # requests
+
+    def request(self, method, path, headers=None, body=None, conn=None, timeout=10.0, tag=True):
+        """One request to the proxy. tag: send a unique X-Request-Id of our
+        own (unless headers has one) so that access_entry(r.request_id)
+        finds its line; tag=False sends none."""
+        headers = dict(headers or {})
+        if tag and not any(k.lower() == "x-request-id" for k in headers):
+            with _lock:
+                Proxy._tags += 1
+                headers["X-Request-Id"] = "it-%d-%d" % (os.getpid(), Proxy._tags)
+        r = http_request("127.0.0.1", self.port, method, path, headers, body, conn, timeout)
+        r.request_id = next((v for k, v in headers.items() if k.lower() == "x-request-id"), None)
+        return r
+
+    def get(self, path, headers=None, **kw):
+        return self.request("GET", path, headers, **kw)
+
+    def connection(self, timeout=10.0):
+        import http.client
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def raw(self, timeout=10.0):
+        return RawConn("127.0.0.1", self.port, timeout)
+
+    def admin(self, path, headers=None):
+        return http_request("127.0.0.1", self.admin_port, "GET", path, headers, timeout=5)
+
+    # state
+
+    def flags_version(self):
+        doc = self.admin("/flags").json()
+        return doc.get("version") if isinstance(doc, dict) else None
+
+    def wait_flags_version(self, version, timeout=5.0):
+        """True once the proxy's snapshot has version (or a later one)."""
+        return bool(poll(lambda: (self.flags_version() or -1) >= version, timeout, 0.005))
+
+    def metrics(self):
+        return parse_metrics(self.admin("/metrics").body.decode())
+
+    def access_entries(self):
+        """Every line of the access log file now at its path, parsed (read
+        incrementally); a line that is not JSON fails the next test point."""
+        try:
+            st = os.stat(self.access_log)
+        except OSError:
+            return []
+        key = (st.st_dev, st.st_ino)
+        if getattr(self, "_al_key", None) != key or st.st_size < self._al_off:
+            self._al_key, self._al_off, self._al_entries = key, 0, []
+        if st.st_size > self._al_off:
+            with open(self.access_log, "rb") as f:
+                f.seek(self._al_off)
+                data = f.read()
+            data = data[:data.rfind(b"\n") + 1]  # whole lines only
+            self._al_off += len(data)
+            for line in data.decode("utf-8", "replace").splitlines():
+                try:
+                    self._al_entries.append(jsonlib.loads(line))
+                except ValueError:
+                    _problem("access log line is not JSON: %r" % line)
+        return self._al_entries
+
+    def access_entry(self, request_id, timeout=2.0):
+        """The access log entry of request_id, polled for."""
+        def find():
+            for e in reversed(self.access_entries()):
+                if e.get("request_id") == request_id:
+                    return e
+            return None
+        return poll(find, timeout)
+
+
+def parse_metrics(text):
+    """Prometheus text -> list of (name, {label: value}, float value)."""
+    import re
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$', line)
+        if not m:
+            out.append(("__unparsed__", {"line": line}, 0.0))
+            continue
+        labels = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        out.append((m.group(1), labels, float(m.group(3))))
+    return out
+
+
+def metric_sum(metrics, name, **labels):
+    """The sum of the series of name whose labels include labels."""
+    return sum(v for n, ls, v in metrics if n == name and all(ls.get(k) == str(x) for k, x in labels.items()))
+
+
+def metric_has(metrics, name):
+    return any(n == name for n, _, _ in metrics)
+
+
+def store_version(srv):
+    r = srv.client()
+    try:
+        return int(r.get("%s:flags:version" % PREFIX) or 0)
+    finally:
+        r.close()
+
+
+def ctl_all(*commands):
+    """Runs several cutoverctl commands; returns the failures as text ("" if
+    none)."""
+    bad = []
+    for args in commands:
+        rc, out, err = run_ctl(*args)
+        if rc != 0:
+            bad.append("%s -> exit %s: %s" % (" ".join(args), rc, err.strip()))
+    return "\n".join(bad)
+
+
+def eval_users(flag, users):
+    """cutoverctl flag eval --json: {user: decision dict}."""
+    rc, out, err = run_ctl("flag", "eval", flag, *users, json=True, timeout=60)
+    if rc != 0:
+        raise RuntimeError("flag eval %s: exit %s: %s" % (flag, rc, err))
+    res = {}
+    for line in out.splitlines():
+        d = jsonlib.loads(line)
+        res[d["user"]] = d
+    return res

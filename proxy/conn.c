@@ -1,0 +1,1001 @@
+/*
+ * conn.c - one client connection: read a request, decide where it goes,
+ * stream it to legacy or service, stream the answer back, and keep the
+ * connection for the next request.
+ *
+ * Every socket is registered once, edge-triggered and persistent, for
+ * reading and writing. An event only says "you may read" or "you may
+ * write"; the state machine remembers it (can_read, can_write) and does
+ * as much as it can until the kernel says EAGAIN. No epoll_ctl per
+ * request, no FIONREAD, no allocation per header: the head is parsed in
+ * place and forwarded as byte ranges of the connection's buffer.
+ *
+ * States of a client:
+ *   CLIENT_HEAD   reading a request head (or idle between requests)
+ *   CLIENT_BODY   buffering a body the route needs for the user id
+ *   CLIENT_PROXY  the request goes to an upstream, the response comes back
+ *   CLIENT_CLOSING  writing what is left, then closing
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "proxy/core.h"
+
+#define READ_CHUNK 16384
+#define FORWARD_HIGH_WATER (256 * 1024) /* stop reading one side while the other lags */
+
+enum client_state { CLIENT_HEAD, CLIENT_BODY, CLIENT_PROXY, CLIENT_CLOSING };
+
+struct request {
+	int64_t start_us;
+	unsigned method;
+	bool keep_alive;
+	bool expect_continue;
+	char id[65];
+	char user[ROUTE_USER_ID_MAX + 1];
+	size_t user_len;
+	/* What the request needs of its route, copied: a reload may free the
+	 * config while the request is in flight. */
+	const char *route;    /* interned label, or NULL */
+	int route_index;
+	unsigned cfg_generation;
+	bool read_fallback;
+	int breaker_failures;
+	int breaker_open_ms;
+	char flag[FLAG_NAME_MAX + 1]; /* "" when none */
+	enum upstream_kind upstream;
+	const char *reason;
+	int bucket; /* -1: not bucketed */
+	bool fallback_allowed;
+	bool decided; /* upstream holds a decision (not a request the proxy refused) */
+	bool continue_sent; /* the proxy answered Expect: 100-continue itself */
+	int status;
+	uint64_t bytes_out;
+	int64_t upstream_start_us;
+	int64_t upstream_us;
+	bool response_started; /* response bytes reached the client's buffer */
+	bool request_sent;     /* the whole request reached the upstream's buffer */
+};
+
+struct client {
+	struct worker *w;
+	struct client *prev, *next;
+	int fd;
+	struct event *ev;
+	struct event *timer;
+	char peer[INET6_ADDRSTRLEN];
+	enum client_state state;
+	bool can_read;
+	bool can_write;
+	bool eof;
+	bool draining;
+	bool body_streamed; /* body bytes were sent and dropped: not replayable */
+	struct buf in;
+	size_t parsed;    /* of in: consumed by the parser */
+	size_t forwarded; /* of in: copied to the upstream */
+	http_parser parser;
+	struct http_parse_target target;
+	struct http_head head;
+	struct buf body; /* decoded, when the route reads the user id from it */
+	struct buf out;
+	size_t out_sent;
+	struct upstream_conn *up;
+	struct request req;
+};
+
+static void client_drive(struct client *c);
+static void client_dispatch(struct client *c);
+static void client_upstream_failed(struct client *c, struct upstream_conn *u, int status, const char *why);
+
+/* ---- lifetime ------------------------------------------------------------ */
+
+static void client_free(struct client *c)
+{
+	struct worker *w = c->w;
+	if (c->up)
+		upstream_release(c->up, false);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		w->clients = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	w->nclients--;
+	atomic_fetch_sub_explicit(&w->metrics.open_connections, 1, memory_order_relaxed);
+	event_free(c->ev);
+	event_free(c->timer);
+	close(c->fd);
+	buf_free(&c->in);
+	buf_free(&c->body);
+	buf_free(&c->out);
+	free(c);
+}
+
+static void client_arm_timer(struct client *c)
+{
+	int ms = c->w->cfg->client_timeout_ms;
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+	evtimer_add(c->timer, &tv);
+}
+
+static void client_begin_request(struct client *c)
+{
+	http_parser_init(&c->parser, HTTP_REQUEST);
+	c->parser.data = &c->target;
+	http_head_reset(&c->head);
+	c->target = (struct http_parse_target){ &c->head, c->in.data, NULL, false };
+	buf_reset(&c->body);
+	memset(&c->req, 0, sizeof(c->req));
+	c->req.bucket = -1;
+	c->state = CLIENT_HEAD;
+}
+
+static void client_on_event(evutil_socket_t fd, short what, void *arg);
+static void client_on_timer(evutil_socket_t fd, short what, void *arg);
+
+void client_accept(struct worker *w, int fd, const struct sockaddr *addr, socklen_t addrlen)
+{
+	(void)addrlen;
+	struct client *c = xcalloc(1, sizeof(*c));
+	c->w = w;
+	c->fd = fd;
+	if (addr->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)addr)->sin6_addr, c->peer, sizeof(c->peer));
+	else
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)addr)->sin_addr, c->peer, sizeof(c->peer));
+	buf_init(&c->in);
+	buf_init(&c->body);
+	buf_init(&c->out);
+	c->ev = event_new(w->base, fd, EV_READ | EV_WRITE | EV_PERSIST | EV_ET, client_on_event, c);
+	c->timer = evtimer_new(w->base, client_on_timer, c);
+	c->next = w->clients;
+	if (w->clients)
+		w->clients->prev = c;
+	w->clients = c;
+	w->nclients++;
+	atomic_fetch_add_explicit(&w->metrics.open_connections, 1, memory_order_relaxed);
+	client_begin_request(c);
+	event_add(c->ev, NULL);
+	client_arm_timer(c);
+}
+
+/* ---- replies made by the proxy itself -------------------------------------- */
+
+static const char *status_text(int status)
+{
+	switch (status) {
+	case 400: return "Bad Request";
+	case 408: return "Request Timeout";
+	case 413: return "Content Too Large";
+	case 431: return "Request Header Fields Too Large";
+	case 502: return "Bad Gateway";
+	case 503: return "Service Unavailable";
+	case 504: return "Gateway Timeout";
+	}
+	return "Error";
+}
+
+static void access_log_write(struct client *c);
+
+/*
+ * Answers the request in hand with status and a small JSON body naming
+ * the reason and the request id, then closes: after a bad request or a
+ * failed upstream the stream's framing can no longer be trusted.
+ */
+static void client_fail(struct client *c, int status, const char *reason)
+{
+	if (c->req.response_started) {
+		/* Too late for a status: the client has part of a response. */
+		c->req.status = c->req.status ? c->req.status : status;
+		c->state = CLIENT_CLOSING;
+		c->out_sent = c->out.len;
+		access_log_write(c);
+		return;
+	}
+	struct buf body;
+	buf_init(&body);
+	buf_printf(&body, "{\"error\":");
+	json_put_string(&body, reason, strlen(reason));
+	buf_printf(&body, ",\"status\":%d,\"request_id\":\"%s\"}\n", status, c->req.id);
+	buf_printf(&c->out, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+			    "Connection: close\r\nX-Request-Id: %s\r\n\r\n",
+		   status, status_text(status), body.len, c->req.id);
+	if (c->req.method != METHOD_HEAD)
+		buf_append(&c->out, body.data, body.len);
+	buf_free(&body);
+	c->req.status = status;
+	c->req.response_started = true;
+	if (c->req.reason == NULL)
+		c->req.reason = "error";
+	if (c->up) {
+		upstream_release(c->up, false);
+		c->up = NULL;
+	}
+	c->state = CLIENT_CLOSING;
+	access_log_write(c);
+}
+
+/* ---- access log and metrics --------------------------------------------------- */
+
+static void access_log_write(struct client *c)
+{
+	struct request *r = &c->req;
+	const char *route = r->route ? r->route : metrics_intern("-");
+	const char *upstream = r->decided ? upstream_kind_name(r->upstream) : "-";
+	metrics_count_request(&c->w->metrics, route, upstream, r->reason ? r->reason : "error",
+			      r->status);
+	int fd = c->w->proxy->access_log_fd;
+	if (fd < 0)
+		return;
+	char when[32];
+	format_utc_ms(clock_realtime_us() / 1000, when, sizeof(when));
+	struct buf line;
+	buf_init(&line);
+	buf_printf(&line, "{\"time\":\"%s\",\"request_id\":\"%s\",\"client\":\"%s\",\"method\":", when, r->id, c->peer);
+	const char *method = http_method_str(c->parser.method);
+	json_put_string(&line, method, strlen(method));
+	buf_puts(&line, ",\"path\":");
+	json_put_string(&line, c->in.data + c->head.url.off, c->head.url.len);
+	buf_puts(&line, ",\"user\":");
+	if (r->user_len)
+		json_put_string(&line, r->user, r->user_len);
+	else
+		buf_puts(&line, "null");
+	buf_printf(&line, ",\"route\":");
+	json_put_string(&line, route, strlen(route));
+	buf_printf(&line, ",\"decision\":\"%s\",\"reason\":\"%s\",\"flag\":", upstream, r->reason ? r->reason : "error");
+	if (r->flag[0])
+		json_put_string(&line, r->flag, strlen(r->flag));
+	else
+		buf_puts(&line, "null");
+	buf_printf(&line, ",\"bucket\":%d,\"status\":%d,\"bytes\":%llu,\"upstream_ms\":%.3f,\"total_ms\":%.3f}\n",
+		   r->bucket, r->status, (unsigned long long)r->bytes_out, r->upstream_us / 1000.0,
+		   (clock_monotonic_us() - r->start_us) / 1000.0);
+	/* One write per line on an O_APPEND descriptor: lines from several
+	 * workers never interleave, and no lock is needed. */
+	if (write(fd, line.data, line.len) < 0)
+		log_debug("access log write failed: %s", strerror(errno));
+	buf_free(&line);
+}
+
+/* ---- deciding -------------------------------------------------------------------- */
+
+static bool secrets_equal(const char *a, size_t alen, const char *b)
+{
+	size_t blen = strlen(b);
+	unsigned char diff = alen != blen;
+	for (size_t i = 0; i < alen && i < blen; i++)
+		diff |= (unsigned char)(a[i] ^ b[i]);
+	return diff == 0;
+}
+
+/* "service SECRET" or "legacy SECRET" with the configured secret forces
+ * the upstream. Returns whether it did. */
+static bool client_forced(struct client *c, const struct proxy_config *cfg)
+{
+	size_t len;
+	const char *v = cfg->force_header ? http_header_value(&c->head, c->in.data, cfg->force_header, &len) : NULL;
+	if (v == NULL)
+		return false;
+	for (int k = 0; k < UPSTREAM_COUNT; k++) {
+		const char *name = upstream_kind_name((enum upstream_kind)k);
+		size_t n = strlen(name);
+		if (len > n + 1 && strncasecmp(v, name, n) == 0 && v[n] == ' ' &&
+		    secrets_equal(v + n + 1, len - n - 1, cfg->force_secret)) {
+			c->req.upstream = (enum upstream_kind)k;
+			c->req.reason = "force";
+			return true;
+		}
+	}
+	return false;
+}
+
+/* The breaker of the route's service reads: may this read go there? */
+static bool breaker_allows(struct worker *w, int route_index)
+{
+	struct breaker *b = &w->breakers[route_index];
+	if (b->open_until_us == 0)
+		return true;
+	if (clock_monotonic_us() < b->open_until_us || b->probing)
+		return false;
+	b->probing = true; /* half-open: this request is the probe */
+	return true;
+}
+
+static void breaker_record(struct client *c, bool ok)
+{
+	const struct request *r = &c->req;
+	if (!r->read_fallback || r->upstream != UPSTREAM_SERVICE || !(r->method & METHODS_READ) ||
+	    r->cfg_generation != c->w->cfg_generation)
+		return; /* not a guarded read, or its config was replaced since */
+	struct breaker *b = &c->w->breakers[r->route_index];
+	if (ok) {
+		*b = (struct breaker){ 0, 0, false };
+		return;
+	}
+	b->probing = false;
+	if (++b->failures >= r->breaker_failures || b->open_until_us != 0) {
+		if (b->open_until_us == 0)
+			atomic_fetch_add_explicit(&c->w->metrics.breaker_opened, 1, memory_order_relaxed);
+		b->open_until_us = clock_monotonic_us() + (int64_t)r->breaker_open_ms * 1000;
+		log_warn("route %s: service breaker open for %d ms after %d failures", r->route, r->breaker_open_ms,
+			 b->failures);
+	}
+}
+
+/* Fills the decision fields of c->req. Returns -1 after answering the
+ * request itself (a bad user id). */
+static int client_decide(struct client *c)
+{
+	struct worker *w = c->w;
+	const struct proxy_config *cfg = w->cfg;
+	struct request *r = &c->req;
+	struct http_header_view views[HTTP_MAX_HEADERS];
+	http_headers_view(&c->head, c->in.data, views);
+	const char *url = c->in.data + c->head.url.off;
+	const char *q = memchr(url, '?', c->head.url.len);
+	struct http_view view = {
+		.method = r->method,
+		.path = url,
+		.path_len = q ? (size_t)(q - url) : c->head.url.len,
+		.query = q ? q + 1 : NULL,
+		.query_len = q ? c->head.url.len - (size_t)(q - url) - 1 : 0,
+		.headers = views,
+		.nheaders = c->head.nheaders,
+		.body = c->body.len ? c->body.data : NULL,
+		.body_len = c->body.len,
+	};
+	struct route_match m;
+	bool matched = route_match(cfg, &view, &m);
+	if (matched) {
+		r->route = m.route->label;
+		r->route_index = (int)(m.route - cfg->routes);
+		r->cfg_generation = w->cfg_generation;
+		r->read_fallback = m.route->read_fallback;
+		r->breaker_failures = m.route->breaker_failures;
+		r->breaker_open_ms = m.route->breaker_open_ms;
+	}
+	if (client_forced(c, cfg))
+		return 0;
+	if (!matched) {
+		r->upstream = cfg->default_upstream;
+		r->reason = "no-route";
+		return 0;
+	}
+	char why[256];
+	int found = route_user_id(&m, &view, r->user, &r->user_len, why, sizeof(why));
+	if (found == USER_ID_BAD) {
+		r->reason = "bad-user-id";
+		client_fail(c, 400, why);
+		return -1;
+	}
+	if (found == USER_ID_NONE) {
+		r->upstream = m.route->no_user;
+		r->reason = "no-user";
+		return 0;
+	}
+	bool read = r->method & METHODS_READ;
+	const char *flag = read ? m.route->read_flag : m.route->write_flag;
+	r->upstream = UPSTREAM_LEGACY;
+	if (flag == NULL) {
+		r->reason = "no-flag";
+		return 0;
+	}
+	snprintf(r->flag, sizeof(r->flag), "%s", flag);
+	const struct flag *f = w->flags ? flag_snapshot_find(w->flags, flag) : NULL;
+	if (f == NULL) {
+		r->reason = w->flags == NULL ? "no-flags-yet" : "unknown-flag";
+		return 0;
+	}
+	struct flag_decision d;
+	flag_eval(f, r->user, r->user_len, &d);
+	r->bucket = d.bucket;
+	r->reason = flag_reason_name(d.reason);
+	if (!d.on)
+		return 0;
+	r->upstream = UPSTREAM_SERVICE;
+	r->fallback_allowed = read && m.route->read_fallback;
+	if (r->fallback_allowed && !breaker_allows(w, r->route_index)) {
+		r->upstream = UPSTREAM_LEGACY;
+		r->reason = "fallback";
+		r->fallback_allowed = false;
+	}
+	return 0;
+}
+
+/* ---- the upstream request ------------------------------------------------------ */
+
+static bool request_id_ok(const char *v, size_t len)
+{
+	if (len == 0 || len > 64)
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (v[i] <= ' ' || v[i] > '~' || v[i] == '"' || v[i] == '\\')
+			return false;
+	return true;
+}
+
+static void client_request_id(struct client *c)
+{
+	size_t len;
+	const char *v = http_header_value(&c->head, c->in.data, "X-Request-Id", &len);
+	if (v && request_id_ok(v, len)) {
+		memcpy(c->req.id, v, len);
+		c->req.id[len] = '\0';
+		return;
+	}
+	/* xorshift per worker: unique enough to find a request in the logs,
+	 * and no system call per request. */
+	uint64_t *s = &c->w->rng;
+	uint64_t a = (*s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17);
+	uint64_t b = (*s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17);
+	snprintf(c->req.id, sizeof(c->req.id), "%016llx%016llx", (unsigned long long)a, (unsigned long long)b);
+}
+
+/* The request head as the upstream gets it. */
+static void client_write_upstream_head(struct client *c, struct buf *out)
+{
+	const char *base = c->in.data;
+	buf_printf(out, "%s ", http_method_str(c->parser.method));
+	buf_append(out, base + c->head.url.off, c->head.url.len);
+	buf_puts(out, " HTTP/1.1\r\n");
+	size_t xff_len = 0, host_len = 0;
+	const char *xff = http_header_value(&c->head, base, "X-Forwarded-For", &xff_len);
+	const char *host = http_header_value(&c->head, base, "Host", &host_len);
+	for (size_t i = 0; i < c->head.nheaders; i++) {
+		if (http_is_hop(&c->head, i) || http_head_is(&c->head, base, i, "X-Forwarded-For") ||
+		    http_head_is(&c->head, base, i, "X-Forwarded-Proto") ||
+		    http_head_is(&c->head, base, i, "X-Forwarded-Host") ||
+		    http_head_is(&c->head, base, i, "X-Request-Id") ||
+		    (c->req.continue_sent && http_head_is(&c->head, base, i, "Expect")))
+			continue;
+		buf_append(out, base + c->head.names[i].off, c->head.names[i].len);
+		buf_append(out, ": ", 2);
+		buf_append(out, base + c->head.values[i].off, c->head.values[i].len);
+		buf_append(out, "\r\n", 2);
+	}
+	buf_puts(out, "X-Forwarded-For: ");
+	if (xff) {
+		buf_append(out, xff, xff_len);
+		buf_puts(out, ", ");
+	}
+	buf_printf(out, "%s\r\nX-Forwarded-Proto: http\r\n", c->peer);
+	if (host) {
+		buf_puts(out, "X-Forwarded-Host: ");
+		buf_append(out, host, host_len);
+		buf_puts(out, "\r\n");
+	}
+	buf_printf(out, "X-Request-Id: %s\r\n\r\n", c->req.id);
+}
+
+/* Copies request bytes the parser has consumed to the upstream. */
+static void client_forward_body(struct client *c)
+{
+	if (c->up == NULL || c->forwarded >= c->parsed)
+		return;
+	buf_append(&c->up->out, c->in.data + c->forwarded, c->parsed - c->forwarded);
+	c->forwarded = c->parsed;
+}
+
+
+/* ---- moving bytes ------------------------------------------------------------------ */
+
+/* Reads what sock has into b, at most up to limit bytes in b. Returns 1
+ * if something arrived, 0 if nothing (EAGAIN clears *can_read; EOF sets
+ * *eof), -1 on an error. */
+static int read_into(int fd, struct buf *b, size_t limit, bool *can_read, bool *eof)
+{
+	int got = 0;
+	while (*can_read && b->len < limit) {
+		size_t want = limit - b->len < READ_CHUNK ? limit - b->len : READ_CHUNK;
+		if (b->cap < b->len + want + 1) {
+			b->cap = b->len + (want > READ_CHUNK / 2 ? want : READ_CHUNK) + 1;
+			b->data = xrealloc(b->data, b->cap);
+		}
+		ssize_t n = read(fd, b->data + b->len, want);
+		if (n > 0) {
+			b->len += (size_t)n;
+			b->data[b->len] = '\0';
+			got = 1;
+		} else if (n == 0) {
+			*eof = true;
+			*can_read = false;
+		} else if (errno == EAGAIN) {
+			*can_read = false;
+		} else if (errno != EINTR) {
+			*can_read = false;
+			return -1;
+		}
+	}
+	return got;
+}
+
+/* Writes b from *sent on. Returns -1 on an error; clears *can_write on
+ * EAGAIN; empties b once all of it is out. */
+static int write_from(int fd, struct buf *b, size_t *sent, bool *can_write)
+{
+	while (*can_write && *sent < b->len) {
+		ssize_t n = write(fd, b->data + *sent, b->len - *sent);
+		if (n > 0)
+			*sent += (size_t)n;
+		else if (n < 0 && errno == EAGAIN)
+			*can_write = false;
+		else if (n < 0 && errno != EINTR)
+			return -1;
+	}
+	if (*sent == b->len && b->len > 0) {
+		buf_reset(b);
+		*sent = 0;
+	}
+	return 0;
+}
+
+/* ---- the request ------------------------------------------------------------------- */
+
+/* Where the request's head ends in c->in: just after the parser paused
+ * at the end of the head, it has not yet consumed the final LF. */
+static size_t client_head_end(const struct client *c)
+{
+	return c->head.head_len;
+}
+
+/* Runs the parser over unparsed input. Returns -1 after answering a
+ * malformed request. */
+static int client_parse(struct client *c)
+{
+	while (c->parsed < c->in.len && !c->head.message_done) {
+		bool had_head = c->head.complete;
+		if (HTTP_PARSER_ERRNO(&c->parser) == HPE_PAUSED)
+			http_parser_pause(&c->parser, 0);
+		c->target.base = c->in.data;
+		size_t n = http_parser_execute(&c->parser, http_request_settings(), c->in.data + c->parsed,
+					       c->in.len - c->parsed);
+		c->parsed += n;
+		enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
+		if (e != HPE_OK && e != HPE_PAUSED) {
+			char why[160];
+			snprintf(why, sizeof(why), "malformed request: %s", http_errno_description(e));
+			client_fail(c, c->head.too_many ? 431 : 400, c->head.too_many ? "too many request headers" : why);
+			return -1;
+		}
+		if (c->head.complete && !had_head) {
+			c->head.head_len = (uint32_t)c->parsed + 1;
+			return 0; /* the caller routes before any body is parsed */
+		}
+	}
+	return 0;
+}
+
+/* Sends the request in hand to c->req.upstream: the rewritten head, and
+ * whatever body has been parsed so far. */
+static void client_dispatch(struct client *c)
+{
+	struct request *r = &c->req;
+	char err[256];
+	struct upstream_conn *u = upstream_get(c->w, r->upstream, err, sizeof(err));
+	if (u == NULL) {
+		log_warn("request %s: %s: %s", r->id, upstream_kind_name(r->upstream), err);
+		atomic_fetch_add_explicit(&c->w->metrics.upstream_errors[r->upstream], 1, memory_order_relaxed);
+		client_upstream_failed(c, NULL, 502, "cannot connect to upstream");
+		return;
+	}
+	c->up = u;
+	u->client = c;
+	http_parser_init(&u->parser, HTTP_RESPONSE);
+	u->parser.data = &u->target;
+	http_head_reset(&u->head);
+	u->target = (struct http_parse_target){ &u->head, u->in.data, NULL, r->method == METHOD_HEAD };
+	u->relayed = 0;
+	u->head_written = false;
+	client_write_upstream_head(c, &u->out);
+	c->forwarded = client_head_end(c);
+	client_forward_body(c);
+	r->upstream_start_us = clock_monotonic_us();
+	const struct upstream_config *uc = &c->w->cfg->upstreams[u->kind];
+	upstream_arm_timer(u, u->connecting ? uc->connect_timeout_ms : uc->read_timeout_ms);
+	evtimer_del(c->timer);
+	c->state = CLIENT_PROXY;
+}
+
+/* Decides, then dispatches. */
+static void client_route(struct client *c)
+{
+	if (client_decide(c) == 0) {
+		c->req.decided = true;
+		client_dispatch(c);
+	}
+}
+
+/*
+ * The upstream failed before the response began (u NULL: the connect
+ * could not start). Tries, in this order: a fresh connection when a
+ * pooled one had gone stale; legacy for a service read whose route allows
+ * the fallback; else status (502, or 504 for a timeout).
+ */
+static void client_upstream_failed(struct client *c, struct upstream_conn *u, int status, const char *why)
+{
+	struct request *r = &c->req;
+	bool replayable = !r->response_started && !c->body_streamed && (r->method & METHODS_READ);
+	bool stale = u != NULL && u->reused && u->in.len == 0;
+	if (u != NULL) {
+		upstream_release(u, false);
+		c->up = NULL;
+	}
+	if (r->response_started) {
+		client_fail(c, status, why);
+		return;
+	}
+	if (stale && replayable) {
+		client_dispatch(c);
+		return;
+	}
+	breaker_record(c, false);
+	if (replayable && r->fallback_allowed && r->upstream == UPSTREAM_SERVICE) {
+		log_info("request %s: user %s: service failed (%s), served by legacy", r->id, r->user, why);
+		r->upstream = UPSTREAM_LEGACY;
+		r->reason = "fallback";
+		r->fallback_allowed = false;
+		client_dispatch(c);
+		return;
+	}
+	log_warn("request %s: %s failed: %s", r->id, upstream_kind_name(r->upstream), why);
+	client_fail(c, status, why);
+}
+
+/* The head is in: check it, then route now or once the body is in. */
+static void client_on_head(struct client *c)
+{
+	worker_refresh(c->w);
+	const struct proxy_config *cfg = c->w->cfg;
+	struct request *r = &c->req;
+	const char *method = http_method_str(c->parser.method);
+	r->start_us = clock_monotonic_us();
+	r->method = http_method_bit(method, strlen(method));
+	r->keep_alive = http_should_keep_alive(&c->parser) && !c->draining;
+	client_request_id(c);
+	http_mark_hop_by_hop(&c->head, c->in.data, cfg->force_header);
+	size_t len;
+	const char *expect = http_header_value(&c->head, c->in.data, "Expect", &len);
+	r->expect_continue = expect && len == 12 && strncasecmp(expect, "100-continue", 12) == 0;
+	if ((c->parser.flags & F_CONTENTLENGTH) && c->parser.content_length > cfg->max_body_bytes) {
+		client_fail(c, 413, "request body over the limit");
+		return;
+	}
+	struct http_view view = { .method = r->method, .path = c->in.data + c->head.url.off };
+	const char *q = memchr(view.path, '?', c->head.url.len);
+	view.path_len = q ? (size_t)(q - view.path) : c->head.url.len;
+	struct route_match m;
+	if (route_match(cfg, &view, &m) && route_needs_body(m.route) && c->parser.content_length != 0) {
+		/* The user id is in the body: read all of it before choosing. */
+		c->target.body = &c->body;
+		c->state = CLIENT_BODY;
+		if (r->expect_continue) {
+			buf_puts(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
+			r->continue_sent = true;
+		}
+		return;
+	}
+	client_route(c);
+}
+
+/* ---- the response ---------------------------------------------------------------- */
+
+/* The upstream's response head, rewritten for the client. */
+static void client_write_response_head(struct client *c, struct upstream_conn *u)
+{
+	const char *base = u->in.data;
+	struct request *r = &c->req;
+	r->status = u->parser.status_code;
+	buf_printf(&c->out, "HTTP/1.1 %d ", r->status);
+	buf_append(&c->out, base + u->head.status.off, u->head.status.len);
+	buf_puts(&c->out, "\r\n");
+	http_mark_hop_by_hop(&u->head, base, NULL);
+	http_append_headers(&c->out, &u->head, base);
+	if (c->w->cfg->route_header)
+		buf_printf(&c->out, "X-Cutover-Route: %s\r\n", upstream_kind_name(r->upstream));
+	/* The client keeps its connection when it asked to, the response's
+	 * end is known without a close, and the proxy is not draining. */
+	bool framed = (u->parser.flags & (F_CONTENTLENGTH | F_CHUNKED)) || r->method == METHOD_HEAD ||
+		      r->status == 204 || r->status == 304;
+	r->keep_alive = r->keep_alive && framed && !c->draining;
+	buf_puts(&c->out, r->keep_alive ? "\r\n" : "Connection: close\r\n\r\n");
+	r->response_started = true;
+}
+
+static void client_finish_request(struct client *c)
+{
+	struct upstream_conn *u = c->up;
+	struct request *r = &c->req;
+	r->upstream_us = clock_monotonic_us() - r->upstream_start_us;
+	metrics_observe_latency(&c->w->metrics, r->upstream, r->upstream_us);
+	breaker_record(c, r->status < 500);
+	bool request_sent = c->head.message_done && c->forwarded == c->parsed && u->out.len == 0;
+	upstream_release(u, request_sent && http_should_keep_alive(&u->parser));
+	c->up = NULL;
+	access_log_write(c);
+	if (!r->keep_alive || !c->head.message_done) {
+		c->state = CLIENT_CLOSING;
+		return;
+	}
+	/* Drop the finished request; a pipelined next one is parsed at once. */
+	memmove(c->in.data, c->in.data + c->parsed, c->in.len - c->parsed);
+	c->in.len -= c->parsed;
+	c->parsed = c->forwarded = 0;
+	c->body_streamed = false;
+	client_begin_request(c);
+	client_arm_timer(c);
+}
+
+/* Parses what the upstream sent and relays it. Returns -1 when the
+ * request ended (finished or failed). */
+static int client_relay_response(struct client *c, struct upstream_conn *u)
+{
+	while (u->parsed < u->in.len) {
+		if (HTTP_PARSER_ERRNO(&u->parser) == HPE_PAUSED)
+			http_parser_pause(&u->parser, 0);
+		u->target.base = u->in.data;
+		u->parsed += http_parser_execute(&u->parser, http_response_settings(), u->in.data + u->parsed,
+						 u->in.len - u->parsed);
+		enum http_errno e = HTTP_PARSER_ERRNO(&u->parser);
+		if (e != HPE_OK && e != HPE_PAUSED) {
+			atomic_fetch_add_explicit(&c->w->metrics.upstream_errors[u->kind], 1, memory_order_relaxed);
+			client_upstream_failed(c, u, 502, "invalid response from upstream");
+			return -1;
+		}
+		if (u->head.complete && !u->head_written) {
+			size_t head_end = u->parsed + 1; /* the parser paused before the last LF */
+			int status = u->parser.status_code;
+			if (status >= 100 && status < 200 && status != 101) {
+				/* 100 Continue: pass it on, then read the real response. */
+				buf_append(&c->out, u->in.data, head_end);
+				memmove(u->in.data, u->in.data + head_end, u->in.len - head_end);
+				u->in.len -= head_end;
+				u->parsed = 0;
+				http_parser_init(&u->parser, HTTP_RESPONSE);
+				http_head_reset(&u->head);
+				continue;
+			}
+			client_write_response_head(c, u);
+			u->head_written = true;
+			u->relayed = head_end;
+			continue;
+		}
+		if (u->head_written && u->parsed > u->relayed) {
+			buf_append(&c->out, u->in.data + u->relayed, u->parsed - u->relayed);
+			c->req.bytes_out += u->parsed - u->relayed;
+			u->relayed = u->parsed;
+		}
+		if (u->head.message_done) {
+			client_finish_request(c);
+			return -1;
+		}
+	}
+	if (u->head_written && u->relayed == u->in.len) {
+		u->in.len = u->parsed = u->relayed = 0; /* all relayed: reuse the buffer */
+	}
+	return 0;
+}
+
+/* Moves the response from the upstream to the client, as far as the
+ * sockets allow. */
+static void client_pump_response(struct client *c)
+{
+	struct upstream_conn *u = c->up;
+	const struct upstream_config *uc = &c->w->cfg->upstreams[u->kind];
+	for (;;) {
+		if (client_relay_response(c, u) < 0)
+			return;
+		if (!u->can_read || c->out.len - c->out_sent >= FORWARD_HIGH_WATER)
+			return;
+		bool eof = false;
+		int got = read_into(u->fd, &u->in, u->in.len + READ_CHUNK, &u->can_read, &eof);
+		if (got > 0) {
+			upstream_arm_timer(u, uc->read_timeout_ms);
+			continue;
+		}
+		if (got < 0 || eof) {
+			/* A body that runs until close ends here; anything else
+			 * was cut short. */
+			http_parser_execute(&u->parser, http_response_settings(), NULL, 0);
+			if (u->head.message_done && u->head_written) {
+				c->req.keep_alive = false;
+				client_finish_request(c);
+			} else if (c->req.response_started) {
+				log_warn("request %s: %s closed mid-response", c->req.id, upstream_kind_name(u->kind));
+				client_fail(c, 502, "upstream closed mid-response");
+			} else {
+				client_upstream_failed(c, u, 502, "upstream closed the connection");
+			}
+			return;
+		}
+	}
+}
+
+/* Sends what the upstream is owed and reports a finished connect. */
+static void client_pump_request(struct client *c)
+{
+	struct upstream_conn *u = c->up;
+	if (u->connecting) {
+		int err = 0;
+		socklen_t len = sizeof(err);
+		getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+		if (err != 0) {
+			atomic_fetch_add_explicit(&c->w->metrics.upstream_errors[u->kind], 1, memory_order_relaxed);
+			client_upstream_failed(c, u, 502, strerror(err));
+			return;
+		}
+		u->connecting = false;
+		upstream_arm_timer(u, c->w->cfg->upstreams[u->kind].read_timeout_ms);
+	}
+	if (write_from(u->fd, &u->out, &u->out_sent, &u->can_write) < 0)
+		client_upstream_failed(c, u, 502, "cannot write to upstream");
+}
+
+/* Called by upstream.c for events on c's upstream connection. */
+void client_on_upstream(struct upstream_conn *u, short what)
+{
+	struct client *c = u->client;
+	if (what & EV_TIMEOUT) {
+		atomic_fetch_add_explicit(&c->w->metrics.upstream_errors[u->kind], 1, memory_order_relaxed);
+		client_upstream_failed(c, u, 504, u->connecting ? "upstream connect timed out" : "upstream timed out");
+		client_drive(c);
+		return;
+	}
+	if (what & EV_WRITE)
+		u->can_write = true;
+	if (what & EV_READ)
+		u->can_read = true;
+	client_drive(c);
+}
+
+/* ---- the client's state machine ---------------------------------------------------- */
+
+/* Reads and parses request bytes in the states that want them. Returns
+ * -1 when the client is gone. */
+static int client_take_input(struct client *c)
+{
+	const struct proxy_config *cfg = c->w->cfg;
+	size_t limit;
+	switch (c->state) {
+	case CLIENT_HEAD:
+		limit = cfg->max_header_bytes + 1;
+		break;
+	case CLIENT_BODY:
+		/* The decoded body is limited below; this bounds chunk framing. */
+		limit = client_head_end(c) + cfg->max_body_bytes + 65536;
+		break;
+	case CLIENT_PROXY:
+		if (c->head.message_done || c->up->out.len - c->up->out_sent >= FORWARD_HIGH_WATER)
+			return 0;
+		limit = c->in.len + READ_CHUNK;
+		break;
+	default:
+		return 0;
+	}
+	bool eof = false;
+	if (read_into(c->fd, &c->in, limit, &c->can_read, &eof) < 0)
+		return -1;
+	if (eof)
+		c->eof = true;
+	if (c->in.len > c->parsed && c->state != CLIENT_PROXY)
+		client_arm_timer(c);
+	if (client_parse(c) < 0)
+		return 0;
+	switch (c->state) {
+	case CLIENT_HEAD:
+		if (c->head.complete) {
+			client_on_head(c);
+		} else if (c->in.len > cfg->max_header_bytes) {
+			client_fail(c, 431, "request head over the limit");
+		} else if (c->eof) {
+			return c->in.len > 0 ? (client_fail(c, 400, "request cut short"), 0) : -1;
+		}
+		break;
+	case CLIENT_BODY:
+		if (c->body.len > cfg->max_body_bytes || (c->in.len >= limit && !c->head.message_done))
+			client_fail(c, 413, "request body over the limit");
+		else if (c->head.message_done)
+			client_route(c);
+		else if (c->eof)
+			client_fail(c, 400, "request body cut short");
+		break;
+	case CLIENT_PROXY:
+		if (c->parsed - client_head_end(c) > cfg->max_body_bytes) {
+			client_fail(c, 413, "request body over the limit");
+			break;
+		}
+		client_forward_body(c);
+		if (c->forwarded > client_head_end(c) && c->forwarded == c->parsed && c->parsed == c->in.len &&
+		    !c->head.message_done) {
+			/* Streamed: keep the head, drop body bytes already sent. */
+			c->in.len = c->parsed = c->forwarded = client_head_end(c);
+			c->body_streamed = true;
+		}
+		if (c->eof && !c->head.message_done)
+			client_fail(c, 400, "request body cut short");
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
+/*
+ * Does everything the sockets allow right now, until nothing changes:
+ * read the client, write the upstream, read the upstream, write the
+ * client. Frees c when the connection ends.
+ */
+static void client_drive(struct client *c)
+{
+	for (int round = 0; round < 64; round++) {
+		size_t in = c->in.len, out = c->out.len, sent = c->out_sent;
+		enum client_state state = c->state;
+		if (c->state != CLIENT_CLOSING && client_take_input(c) < 0)
+			break;
+		if (c->state == CLIENT_PROXY && c->up) {
+			client_pump_request(c);
+			if (c->state == CLIENT_PROXY && c->up)
+				client_pump_response(c);
+		}
+		if (write_from(c->fd, &c->out, &c->out_sent, &c->can_write) < 0)
+			break;
+		if (c->state == CLIENT_CLOSING && c->out.len == 0)
+			break;
+		if (c->state == CLIENT_HEAD && c->draining && c->in.len == 0)
+			break;
+		bool progress = c->in.len != in || c->out.len != out || c->out_sent != sent || c->state != state;
+		if (!progress)
+			return;
+	}
+	client_free(c);
+}
+
+static void client_on_event(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	struct client *c = arg;
+	if (what & EV_READ)
+		c->can_read = true;
+	if (what & EV_WRITE)
+		c->can_write = true;
+	client_drive(c);
+}
+
+/* Idle too long, or too slow to send its request. */
+static void client_on_timer(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd, (void)what;
+	struct client *c = arg;
+	if (c->state == CLIENT_HEAD && c->in.len == 0) {
+		client_free(c);
+		return;
+	}
+	client_fail(c, 408, "request not received in time");
+	client_drive(c);
+}
+
+/* SIGTERM: idle connections close now, busy ones after their request. */
+void client_drain(struct client *c)
+{
+	c->draining = true;
+	c->req.keep_alive = false;
+	if (c->state == CLIENT_HEAD && c->in.len == 0)
+		client_free(c);
+}
+
+struct client *client_next(struct client *c)
+{
+	return c->next;
+}
+
+void client_close_all(struct worker *w)
+{
+	while (w->clients)
+		client_free(w->clients);
+}
