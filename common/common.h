@@ -52,8 +52,10 @@ void buf_putc(struct buf *b, char c);
 void buf_printf(struct buf *b, const char *fmt, ...) CUTOVER_PRINTF(2, 3);
 char *buf_detach(struct buf *b);
 
-/* utf8.c */
+/* utf8.c: small checks on text */
 bool utf8_valid(const char *s, size_t len);
+int hex_digit(char c);
+int parse_decimal(const char *s, size_t len, long min, long max, int *out);
 
 /* json.c: a thin, strict layer over jsmn. */
 enum json_type { JSON_OBJECT, JSON_ARRAY, JSON_STRING, JSON_PRIMITIVE };

@@ -224,10 +224,8 @@ bool json_key_is(const struct json_doc *doc, int i, const char *key)
 static uint32_t json_hex4(const char *s)
 {
 	uint32_t v = 0;
-	for (int i = 0; i < 4; i++) {
-		char c = s[i];
-		v = v << 4 | (uint32_t)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
-	}
+	for (int i = 0; i < 4; i++)
+		v = v << 4 | (uint32_t)hex_digit(s[i]);
 	return v;
 }
 

@@ -13,17 +13,6 @@
 
 #include "common.h"
 
-static int hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /* Percent-decodes s[0..len) into a new string; NULL if malformed. */
 static char *url_decode(const char *s, size_t len)
 {
@@ -34,8 +23,8 @@ static char *url_decode(const char *s, size_t len)
 			out[n++] = s[i];
 			continue;
 		}
-		int hi = i + 2 < len ? hex_value(s[i + 1]) : -1;
-		int lo = hi >= 0 ? hex_value(s[i + 2]) : -1;
+		int hi = i + 2 < len ? hex_digit(s[i + 1]) : -1;
+		int lo = hi >= 0 ? hex_digit(s[i + 2]) : -1;
 		if (lo < 0) {
 			free(out);
 			return NULL;
@@ -45,23 +34,6 @@ static char *url_decode(const char *s, size_t len)
 	}
 	out[n] = '\0';
 	return out;
-}
-
-/* Parses a decimal in [min, max] from s[0..len). */
-static int parse_bounded(const char *s, size_t len, long min, long max, int *out)
-{
-	if (len == 0 || len > 9)
-		return -1;
-	long v = 0;
-	for (size_t i = 0; i < len; i++) {
-		if (s[i] < '0' || s[i] > '9')
-			return -1;
-		v = v * 10 + (s[i] - '0');
-	}
-	if (v < min || v > max)
-		return -1;
-	*out = (int)v;
-	return 0;
 }
 
 static int parse_unix_query(const char *q, struct redis_url *u, char *err, size_t errlen)
@@ -75,7 +47,7 @@ static int parse_unix_query(const char *q, struct redis_url *u, char *err, size_
 		}
 		size_t klen = (size_t)(eq - q), vlen = len - klen - 1;
 		if (klen == 2 && memcmp(q, "db", 2) == 0) {
-			if (parse_bounded(eq + 1, vlen, 0, 1000000, &u->db) < 0) {
+			if (parse_decimal(eq + 1, vlen, 0, 1000000, &u->db) < 0) {
 				snprintf(err, errlen, "invalid db number in Redis URL");
 				return -1;
 			}
@@ -157,12 +129,12 @@ int redis_url_parse(const char *text, struct redis_url *out, char *err, size_t e
 		goto fail;
 	}
 	out->host = xstrndup(p, hlen);
-	if (colon && parse_bounded(colon + 1, hostport - hlen - 1, 1, 65535, &out->port) < 0) {
+	if (colon && parse_decimal(colon + 1, hostport - hlen - 1, 1, 65535, &out->port) < 0) {
 		snprintf(err, errlen, "invalid port in Redis URL");
 		goto fail;
 	}
 	p += hostport;
-	if (*p == '/' && p[1] != '\0' && parse_bounded(p + 1, strlen(p + 1), 0, 1000000, &out->db) < 0) {
+	if (*p == '/' && p[1] != '\0' && parse_decimal(p + 1, strlen(p + 1), 0, 1000000, &out->db) < 0) {
 		snprintf(err, errlen, "invalid db number '%s' in Redis URL", p + 1);
 		goto fail;
 	}

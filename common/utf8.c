@@ -1,6 +1,7 @@
 /*
- * utf8.c - strict UTF-8 validation (RFC 3629): no overlong forms, no
- * surrogates, nothing above U+10FFFF.
+ * utf8.c - small checks on text: strict UTF-8 validation (RFC 3629: no
+ * overlong forms, no surrogates, nothing above U+10FFFF), hex digits and
+ * bounded decimals.
  */
 #include "common.h"
 
@@ -37,4 +38,32 @@ bool utf8_valid(const char *text, size_t len)
 		i += need + 1;
 	}
 	return true;
+}
+
+/* The value of a hex digit, or -1. */
+int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f')
+		return (c | 0x20) - 'a' + 10;
+	return -1;
+}
+
+/* Parses s[0..len), digits only, as a decimal in [min, max]. Returns 0,
+ * or -1 for anything else. */
+int parse_decimal(const char *s, size_t len, long min, long max, int *out)
+{
+	if (len == 0 || len > 9)
+		return -1;
+	long v = 0;
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -1;
+		v = v * 10 + (s[i] - '0');
+	}
+	if (v < min || v > max)
+		return -1;
+	*out = (int)v;
+	return 0;
 }

@@ -42,7 +42,7 @@
 #define REDIS_PREFIX_MAX 64
 #define FORCE_SECRET_MIN 16
 
-static int parse_decimal(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result);
+static int parse_plain_decimal(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result);
 
 static cfg_opt_t redis_opts[] = {
 	CFG_STR("url", "redis://127.0.0.1:6379/0", CFGF_NONE),
@@ -52,19 +52,19 @@ static cfg_opt_t redis_opts[] = {
 
 static cfg_opt_t upstream_opts[] = {
 	CFG_STR("address", NULL, CFGF_NONE),
-	CFG_INT_CB("connect_timeout", 1000, CFGF_NONE, parse_decimal),
-	CFG_INT_CB("read_timeout", 30000, CFGF_NONE, parse_decimal),
-	CFG_INT_CB("write_timeout", 30000, CFGF_NONE, parse_decimal),
-	CFG_INT_CB("keepalive", 64, CFGF_NONE, parse_decimal),
+	CFG_INT_CB("connect_timeout", 1000, CFGF_NONE, parse_plain_decimal),
+	CFG_INT_CB("read_timeout", 30000, CFGF_NONE, parse_plain_decimal),
+	CFG_INT_CB("write_timeout", 30000, CFGF_NONE, parse_plain_decimal),
+	CFG_INT_CB("keepalive", 64, CFGF_NONE, parse_plain_decimal),
 	CFG_END(),
 };
 
 static cfg_opt_t limits_opts[] = {
-	CFG_INT_CB("header_bytes", 16384, CFGF_NONE, parse_decimal),
-	CFG_INT_CB("body_bytes", 1048576, CFGF_NONE, parse_decimal),
-	CFG_INT_CB("client_timeout", 60000, CFGF_NONE, parse_decimal),
-	CFG_INT_CB("drain_timeout", 10000, CFGF_NONE, parse_decimal),
-	CFG_INT_CB("ready_wait", 5000, CFGF_NONE, parse_decimal),
+	CFG_INT_CB("header_bytes", 16384, CFGF_NONE, parse_plain_decimal),
+	CFG_INT_CB("body_bytes", 1048576, CFGF_NONE, parse_plain_decimal),
+	CFG_INT_CB("client_timeout", 60000, CFGF_NONE, parse_plain_decimal),
+	CFG_INT_CB("drain_timeout", 10000, CFGF_NONE, parse_plain_decimal),
+	CFG_INT_CB("ready_wait", 5000, CFGF_NONE, parse_plain_decimal),
 	CFG_END(),
 };
 
@@ -76,8 +76,8 @@ static cfg_opt_t route_opts[] = {
 	CFG_STR("write_flag", NULL, CFGF_NONE),
 	CFG_STR("no_user", "legacy", CFGF_NONE),
 	CFG_BOOL("read_fallback", cfg_false, CFGF_NONE),
-	CFG_INT_CB("breaker_failures", 5, CFGF_NONE, parse_decimal),
-	CFG_INT_CB("breaker_open", 10000, CFGF_NONE, parse_decimal),
+	CFG_INT_CB("breaker_failures", 5, CFGF_NONE, parse_plain_decimal),
+	CFG_INT_CB("breaker_open", 10000, CFGF_NONE, parse_plain_decimal),
 	CFG_END(),
 };
 
@@ -85,7 +85,7 @@ static cfg_opt_t root_opts[] = {
 	CFG_STR_LIST("listen", "{\"0.0.0.0:8080\"}", CFGF_NONE),
 	CFG_STR("admin_listen", "127.0.0.1:9901", CFGF_NONE),
 	CFG_STR("admin_token", NULL, CFGF_NONE),
-	CFG_INT_CB("workers", 0, CFGF_NONE, parse_decimal),
+	CFG_INT_CB("workers", 0, CFGF_NONE, parse_plain_decimal),
 	CFG_SEC("redis", redis_opts, CFGF_NONE),
 	CFG_SEC("upstream", upstream_opts, CFGF_MULTI | CFGF_TITLE | CFGF_NO_TITLE_DUPES),
 	CFG_STR("default", "legacy", CFGF_NONE),
@@ -314,7 +314,7 @@ static bool all_of(const char *s, bool (*ok)(char))
 /* libconfuse's integer parser reads "010" as octal, "0x10" as hex, and
  * can take a stale errno for an overflow; sizes and durations here are
  * plain decimal. Ranges are checked after parsing. */
-static int parse_decimal(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result)
+static int parse_plain_decimal(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result)
 {
 	size_t len = strlen(value);
 	if (len == 0 || len > 18 || span(value, len, is_digit) != len) {
@@ -327,18 +327,6 @@ static int parse_decimal(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *re
 	return 0;
 }
 
-/* A decimal port number, 1..65535. */
-static int parse_port(const char *s, int *out)
-{
-	size_t len = strlen(s);
-	if (len == 0 || len > 5 || span(s, len, is_digit) != len)
-		return -1;
-	int port = atoi(s);
-	if (port < 1 || port > 65535)
-		return -1;
-	*out = port;
-	return 0;
-}
 
 /* Parses "host:port" or "[IPv6]:port" into *host (a new string, without
  * the brackets) and *port. */
@@ -372,7 +360,7 @@ static int parse_address(const char *text, char **host, int *port, char *why, si
 		}
 		name = xstrndup(h, hlen);
 	}
-	if (parse_port(colon + 1, port) < 0) {
+	if (parse_decimal(colon + 1, strlen(colon + 1), 1, 65535, port) < 0) {
 		snprintf(why, whylen, "port '%s' is not in 1..65535", colon + 1);
 		goto fail;
 	}

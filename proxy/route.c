@@ -191,15 +191,6 @@ static const struct http_header_view *next_header(const struct http_view *req, c
 	return NULL;
 }
 
-static int hex_digit(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f')
-		return (c | 0x20) - 'a' + 10;
-	return -1;
-}
-
 /*
  * Decodes the byte at s[*i] of s[0..len), advancing *i past it: %XX is
  * that byte, '+' a space when plus_space (query strings) and itself
