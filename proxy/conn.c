@@ -4,11 +4,16 @@
  * connection for the next request.
  *
  * Every socket is registered once, edge-triggered and persistent, for
- * reading and writing. An event only says "you may read" or "you may
- * write"; the state machine remembers it (can_read, can_write) and does
- * as much as it can until the kernel says EAGAIN. No epoll_ctl per
- * request, no FIONREAD, no allocation per header: the head is parsed in
- * place and forwarded as byte ranges of the connection's buffer.
+ * reading, writing and the peer's close (EPOLLRDHUP). An event only says
+ * "you may read" or "you may write"; the state machine remembers it
+ * (can_read, can_write) and does as much as it can until the kernel says
+ * EAGAIN - or until a read comes back short: the socket is then empty,
+ * and the next byte to arrive raises a new edge. That saves the EAGAIN
+ * read after every request; a close that came with the last bytes is
+ * still seen, because EPOLLRDHUP is reported with them (peer_closed).
+ * No epoll_ctl per request, no FIONREAD, no allocation per header: the
+ * head is parsed in place and forwarded as byte ranges of the
+ * connection's buffer.
  *
  * States of a client:
  *   CLIENT_HEAD   reading a request head (or idle between requests)
@@ -74,6 +79,7 @@ struct client {
 	bool can_read;
 	bool can_write;
 	bool eof;
+	bool peer_closed; /* EPOLLRDHUP seen: read to the end */
 	bool draining;
 	bool body_streamed; /* body bytes were sent and dropped: not replayable */
 	struct buf in;
@@ -152,7 +158,7 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 	buf_init(&c->in);
 	buf_init(&c->body);
 	buf_init(&c->out);
-	c->ev = event_new(w->base, fd, EV_READ | EV_WRITE | EV_PERSIST | EV_ET, client_on_event, c);
+	c->ev = event_new(w->base, fd, EV_READ | EV_WRITE | EV_CLOSED | EV_PERSIST | EV_ET, client_on_event, c);
 	c->timer = evtimer_new(w->base, client_on_timer, c);
 	c->next = w->clients;
 	if (w->clients)
@@ -445,8 +451,7 @@ static void client_write_upstream_head(struct client *c, struct buf *out)
 	buf_printf(out, "%s ", http_method_str(c->parser.method));
 	buf_append(out, base + c->head.url.off, c->head.url.len);
 	buf_puts(out, " HTTP/1.1\r\n");
-	size_t xff_len = 0, host_len = 0;
-	const char *xff = http_header_value(&c->head, base, "X-Forwarded-For", &xff_len);
+	size_t host_len = 0;
 	const char *host = http_header_value(&c->head, base, "Host", &host_len);
 	for (size_t i = 0; i < c->head.nheaders; i++) {
 		if (http_is_hop(&c->head, i) || http_head_is(&c->head, base, i, "X-Forwarded-For") ||
@@ -460,10 +465,13 @@ static void client_write_upstream_head(struct client *c, struct buf *out)
 		buf_append(out, base + c->head.values[i].off, c->head.values[i].len);
 		buf_append(out, "\r\n", 2);
 	}
+	/* Every earlier hop, in order, then this client. */
 	buf_puts(out, "X-Forwarded-For: ");
-	if (xff) {
-		buf_append(out, xff, xff_len);
-		buf_puts(out, ", ");
+	for (size_t i = 0; i < c->head.nheaders; i++) {
+		if (http_head_is(&c->head, base, i, "X-Forwarded-For")) {
+			buf_append(out, base + c->head.values[i].off, c->head.values[i].len);
+			buf_puts(out, ", ");
+		}
 	}
 	buf_printf(out, "%s\r\nX-Forwarded-Proto: http\r\n", c->peer);
 	if (host) {
@@ -487,9 +495,9 @@ static void client_forward_body(struct client *c)
 /* ---- moving bytes ------------------------------------------------------------------ */
 
 /* Reads what sock has into b, at most up to limit bytes in b. Returns 1
- * if something arrived, 0 if nothing (EAGAIN clears *can_read; EOF sets
- * *eof), -1 on an error. */
-static int read_into(int fd, struct buf *b, size_t limit, bool *can_read, bool *eof)
+ * if something arrived, 0 if nothing (EAGAIN or a short read clears
+ * *can_read, unless the peer closed; EOF sets *eof), -1 on an error. */
+static int read_into(int fd, struct buf *b, size_t limit, bool peer_closed, bool *can_read, bool *eof)
 {
 	int got = 0;
 	while (*can_read && b->len < limit) {
@@ -503,6 +511,8 @@ static int read_into(int fd, struct buf *b, size_t limit, bool *can_read, bool *
 			b->len += (size_t)n;
 			b->data[b->len] = '\0';
 			got = 1;
+			if ((size_t)n < want && !peer_closed)
+				*can_read = false;
 		} else if (n == 0) {
 			*eof = true;
 			*can_read = false;
@@ -699,6 +709,9 @@ static void client_write_response_head(struct client *c, struct upstream_conn *u
 	http_append_headers(&c->out, &u->head, base);
 	if (c->w->cfg->route_header)
 		buf_printf(&c->out, "X-Cutover-Route: %s\r\n", upstream_kind_name(r->upstream));
+	size_t len;
+	if (http_header_value(&u->head, base, "X-Request-Id", &len) == NULL)
+		buf_printf(&c->out, "X-Request-Id: %s\r\n", r->id);
 	/* The client keeps its connection when it asked to, the response's
 	 * end is known without a close, and the proxy is not draining. */
 	bool framed = (u->parser.flags & (F_CONTENTLENGTH | F_CHUNKED)) || r->method == METHOD_HEAD ||
@@ -794,7 +807,7 @@ static void client_pump_response(struct client *c)
 		if (!u->can_read || c->out.len - c->out_sent >= FORWARD_HIGH_WATER)
 			return;
 		bool eof = false;
-		int got = read_into(u->fd, &u->in, u->in.len + READ_CHUNK, &u->can_read, &eof);
+		int got = read_into(u->fd, &u->in, u->in.len + READ_CHUNK, u->peer_closed, &u->can_read, &eof);
 		if (got > 0) {
 			upstream_arm_timer(u, uc->read_timeout_ms);
 			continue;
@@ -849,7 +862,9 @@ void client_on_upstream(struct upstream_conn *u, short what)
 	}
 	if (what & EV_WRITE)
 		u->can_write = true;
-	if (what & EV_READ)
+	if (what & EV_CLOSED)
+		u->peer_closed = true;
+	if (what & (EV_READ | EV_CLOSED))
 		u->can_read = true;
 	client_drive(c);
 }
@@ -879,7 +894,7 @@ static int client_take_input(struct client *c)
 		return 0;
 	}
 	bool eof = false;
-	if (read_into(c->fd, &c->in, limit, &c->can_read, &eof) < 0)
+	if (read_into(c->fd, &c->in, limit, c->peer_closed, &c->can_read, &eof) < 0)
 		return -1;
 	if (eof)
 		c->eof = true;
@@ -960,7 +975,9 @@ static void client_on_event(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	struct client *c = arg;
-	if (what & EV_READ)
+	if (what & EV_CLOSED)
+		c->peer_closed = true;
+	if (what & (EV_READ | EV_CLOSED))
 		c->can_read = true;
 	if (what & EV_WRITE)
 		c->can_write = true;

@@ -51,6 +51,7 @@ struct upstream_conn {
 	bool can_read;
 	bool can_write;
 	bool reused; /* served a request before: may have been closed meanwhile */
+	bool peer_closed; /* EPOLLRDHUP seen: read to the end */
 	struct buf out;
 	size_t out_sent;
 	struct buf in;

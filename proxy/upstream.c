@@ -4,7 +4,7 @@
  * proxied request usually costs no connect at all.
  *
  * Each socket is registered once, edge-triggered and persistent, for
- * both directions; the event is never changed afterwards, which is what
+ * both directions and the peer's close; the event is never changed afterwards, which is what
  * keeps epoll_ctl off the request path.
  */
 #include <errno.h>
@@ -50,7 +50,7 @@ static void upstream_on_event(evutil_socket_t fd, short what, void *arg)
 	struct upstream_conn *u = arg;
 	if (u->client != NULL)
 		client_on_upstream(u, what);
-	else if (what & (EV_READ | EV_TIMEOUT))
+	else if (what & (EV_READ | EV_CLOSED | EV_TIMEOUT))
 		upstream_drop_idle(u);
 }
 
@@ -124,7 +124,7 @@ struct upstream_conn *upstream_get(struct worker *w, enum upstream_kind kind, ch
 	}
 	buf_init(&u->out);
 	buf_init(&u->in);
-	u->ev = event_new(w->base, u->fd, EV_READ | EV_WRITE | EV_PERSIST | EV_ET, upstream_on_event, u);
+	u->ev = event_new(w->base, u->fd, EV_READ | EV_WRITE | EV_CLOSED | EV_PERSIST | EV_ET, upstream_on_event, u);
 	u->timer = evtimer_new(w->base, upstream_on_timer, u);
 	u->can_write = !u->connecting;
 	event_add(u->ev, NULL);
