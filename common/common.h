@@ -119,6 +119,7 @@ struct redisContext *redis_connect(const struct redis_url *u, int timeout_ms, ch
 struct redisAsyncContext *redis_connect_async(const struct redis_url *u, struct event_base *base,
 					      char *err, size_t errlen);
 const char *redis_error_text(const struct redisContext *c);
+void redis_async_drop(struct redisAsyncContext **slot);
 const char *redis_url_describe(const struct redis_url *u, char *out, size_t outlen);
 
 #endif

@@ -85,6 +85,19 @@ fail:
 	return NULL;
 }
 
+/* Detaches *slot from its owner and frees it (deferred by hiredis when
+ * called from one of its callbacks). data is cleared first, so callbacks
+ * hiredis runs during the teardown find no owner and do nothing. */
+void redis_async_drop(redisAsyncContext **slot)
+{
+	redisAsyncContext *ac = *slot;
+	*slot = NULL;
+	if (ac != NULL) {
+		ac->data = NULL;
+		redisAsyncFree(ac);
+	}
+}
+
 /* A failed AUTH or SELECT makes the connection useless: drop it, and let
  * the owner's disconnect callback decide when to retry. */
 static void redis_async_handshake_reply(redisAsyncContext *ac, void *reply, void *what)

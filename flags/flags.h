@@ -43,6 +43,7 @@ struct strset;
 struct strset *strset_new(char *const *items, size_t n);
 void strset_free(struct strset *set);
 uint32_t strset_hash(const char *s, size_t len);
+uint64_t strset_hash64(const char *s, size_t len);
 bool strset_contains(const struct strset *set, uint32_t hash, const char *s, size_t len);
 
 /* flag.c: the model. */

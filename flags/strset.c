@@ -31,7 +31,7 @@ struct strset {
  * from operators, so probing it with chosen ids cannot make it slower
  * than its own longest cluster.
  */
-uint32_t strset_hash(const char *s, size_t len)
+uint64_t strset_hash64(const char *s, size_t len)
 {
 	uint64_t h = 0x9e3779b97f4a7c15u ^ len;
 	for (; len >= 8; s += 8, len -= 8) {
@@ -47,7 +47,12 @@ uint32_t strset_hash(const char *s, size_t len)
 		h ^= h >> 32;
 	}
 	h *= 0xc4ceb9fe1a85ec53u;
-	return (uint32_t)(h ^ (h >> 29));
+	return h ^ (h >> 29);
+}
+
+uint32_t strset_hash(const char *s, size_t len)
+{
+	return (uint32_t)strset_hash64(s, len);
 }
 
 /* Builds a set of items[0..n); duplicates collapse. Caller frees with

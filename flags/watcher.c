@@ -97,24 +97,12 @@ static void watcher_set_state(struct flag_watcher *w, enum watcher_state state, 
 		w->hooks.on_state(state, detail, w->hooks.arg);
 }
 
-/* Detaches and frees one of our contexts (deferred by hiredis when we are
- * inside one of its callbacks). */
-static void watcher_drop(redisAsyncContext **slot)
-{
-	redisAsyncContext *ac = *slot;
-	*slot = NULL;
-	if (ac != NULL) {
-		ac->data = NULL;
-		redisAsyncFree(ac);
-	}
-}
-
 /* Redis is gone or misbehaving: keep the snapshot, drop both
  * connections, and try again after the backoff. */
 static void watcher_fail(struct flag_watcher *w, const char *reason)
 {
-	watcher_drop(&w->cmd);
-	watcher_drop(&w->sub);
+	redis_async_drop(&w->cmd);
+	redis_async_drop(&w->sub);
 	w->subscribed = false;
 	w->version_unanswered = 0;
 	w->heartbeat_unanswered = 0;
@@ -374,8 +362,8 @@ void flag_watcher_free(struct flag_watcher *w)
 {
 	if (w == NULL)
 		return;
-	watcher_drop(&w->cmd);
-	watcher_drop(&w->sub);
+	redis_async_drop(&w->cmd);
+	redis_async_drop(&w->sub);
 	event_free(w->tick);
 	event_free(w->retry);
 	redis_url_free(&w->url);

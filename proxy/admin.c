@@ -95,6 +95,28 @@ static void render_metrics(struct proxy *p, const struct flag_snapshot *flags, s
 		   open_breakers);
 	buf_printf(out, "# TYPE cutover_metrics_series_overflow_total counter\ncutover_metrics_series_overflow_total %llu\n",
 		   overflow);
+	unsigned long long enqueued = 0, dropped = 0, merrors = 0, cache = 0, known = 0;
+	int links_up = 0;
+	for (int i = 0; i < p->nworkers; i++) {
+		const struct worker_metrics *m = &p->workers[i].metrics;
+		enqueued += atomic_load(&m->migrate_enqueued);
+		dropped += atomic_load(&m->migrate_dropped);
+		merrors += atomic_load(&m->migrate_errors);
+		cache += atomic_load(&m->migrate_cache_bytes);
+		known = atomic_load(&m->migrated_known) > known ? atomic_load(&m->migrated_known) : known;
+		links_up += atomic_load(&m->migrate_link_up);
+	}
+	buf_printf(out,
+		   "# HELP cutover_migrate_enqueued_total Users put on a migrate stream.\n"
+		   "# TYPE cutover_migrate_enqueued_total counter\ncutover_migrate_enqueued_total %llu\n"
+		   "# HELP cutover_migrate_dropped_total Enqueues not sent: backlog full or Redis down.\n"
+		   "# TYPE cutover_migrate_dropped_total counter\ncutover_migrate_dropped_total %llu\n"
+		   "# TYPE cutover_migrate_errors_total counter\ncutover_migrate_errors_total %llu\n"
+		   "# HELP cutover_migrate_cache_bytes Memory of the seen caches and migrated-set copies.\n"
+		   "# TYPE cutover_migrate_cache_bytes gauge\ncutover_migrate_cache_bytes %llu\n"
+		   "# TYPE cutover_migrated_users_known gauge\ncutover_migrated_users_known %llu\n"
+		   "# TYPE cutover_migrate_links_up gauge\ncutover_migrate_links_up %d\n",
+		   enqueued, dropped, merrors, cache, known, links_up);
 	buf_printf(out, "# TYPE cutover_flags_version gauge\ncutover_flags_version %lld\n", flags ? flags->version : -1);
 	buf_printf(out, "# TYPE cutover_flags_age_seconds gauge\ncutover_flags_age_seconds %.3f\n",
 		   flags ? (clock_realtime_us() - flags->loaded_at_us) / 1e6 : -1.0);

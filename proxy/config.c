@@ -65,6 +65,8 @@ static cfg_opt_t limits_opts[] = {
 	CFG_INT_CB("client_timeout", 60000, CFGF_NONE, parse_plain_decimal),
 	CFG_INT_CB("drain_timeout", 10000, CFGF_NONE, parse_plain_decimal),
 	CFG_INT_CB("ready_wait", 5000, CFGF_NONE, parse_plain_decimal),
+	CFG_INT_CB("migrate_backlog", 10000, CFGF_NONE, parse_plain_decimal),
+	CFG_INT_CB("seen_cache", 1000000, CFGF_NONE, parse_plain_decimal),
 	CFG_END(),
 };
 
@@ -78,6 +80,8 @@ static cfg_opt_t route_opts[] = {
 	CFG_BOOL("read_fallback", cfg_false, CFGF_NONE),
 	CFG_INT_CB("breaker_failures", 5, CFGF_NONE, parse_plain_decimal),
 	CFG_INT_CB("breaker_open", 10000, CFGF_NONE, parse_plain_decimal),
+	CFG_BOOL("migrate", cfg_false, CFGF_NONE),
+	CFG_BOOL("read_guard", cfg_false, CFGF_NONE),
 	CFG_END(),
 };
 
@@ -545,7 +549,9 @@ static int build_limits(struct loader *ld, cfg_t *sec, struct proxy_config *cfg)
 	    get_int(ld, sec, "body_bytes", 0, 1073741824, &body_bytes) < 0 ||
 	    get_int(ld, sec, "client_timeout", 1, DURATION_MAX, &cfg->client_timeout_ms) < 0 ||
 	    get_int(ld, sec, "drain_timeout", 1, DURATION_MAX, &cfg->drain_timeout_ms) < 0 ||
-	    get_int(ld, sec, "ready_wait", 1, DURATION_MAX, &cfg->ready_wait_ms) < 0)
+	    get_int(ld, sec, "ready_wait", 1, DURATION_MAX, &cfg->ready_wait_ms) < 0 ||
+	    get_int(ld, sec, "migrate_backlog", 1, 1000000, &cfg->migrate_backlog) < 0 ||
+	    get_int(ld, sec, "seen_cache", 0, 100000000, &cfg->seen_cache) < 0)
 		return -1;
 	cfg->max_header_bytes = (size_t)header_bytes;
 	cfg->max_body_bytes = (size_t)body_bytes;
@@ -771,6 +777,8 @@ static int build_route(struct loader *ld, cfg_t *sec, struct route *r)
 	if (r->read_flag == NULL && r->write_flag == NULL)
 		return fail(ld, sec, NULL, "routes nothing to the service: set read_flag, write_flag or both");
 	r->read_fallback = cfg_getbool(sec, "read_fallback");
+	r->migrate = cfg_getbool(sec, "migrate");
+	r->read_guard = cfg_getbool(sec, "read_guard");
 	if (get_kind(ld, sec, "no_user", &r->no_user) < 0 ||
 	    get_int(ld, sec, "breaker_failures", 1, 1000, &r->breaker_failures) < 0 ||
 	    get_int(ld, sec, "breaker_open", 1, DURATION_MAX, &r->breaker_open_ms) < 0)

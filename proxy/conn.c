@@ -59,6 +59,7 @@ struct request {
 	int bucket; /* -1: not bucketed */
 	bool fallback_allowed;
 	bool decided; /* upstream holds a decision (not a request the proxy refused) */
+	bool refresh_after; /* a migrated user's write went to legacy: migrate again after it */
 	bool continue_sent; /* the proxy answered Expect: 100-continue itself */
 	int status;
 	uint64_t bytes_out;
@@ -386,6 +387,8 @@ static int client_decide(struct client *c)
 		r->reason = "no-user";
 		return 0;
 	}
+	if (m.route->migrate)
+		migrate_first_seen(w->migrate, r->user, r->user_len);
 	bool read = r->method & METHODS_READ;
 	const char *flag = read ? m.route->read_flag : m.route->write_flag;
 	r->upstream = UPSTREAM_LEGACY;
@@ -403,8 +406,17 @@ static int client_decide(struct client *c)
 	flag_eval(f, r->user, r->user_len, &d);
 	r->bucket = d.bucket;
 	r->reason = flag_reason_name(d.reason);
-	if (!d.on)
+	if (!d.on) {
+		/* The service has this user's data but the write goes around it:
+		 * have the worker copy the user again once legacy has it. */
+		r->refresh_after = !read && m.route->migrate && migrate_is_migrated(w->migrate, r->user, r->user_len);
 		return 0;
+	}
+	if (read && m.route->read_guard && !migrate_is_migrated(w->migrate, r->user, r->user_len)) {
+		r->reason = "not-migrated";
+		migrate_priority(w->migrate, r->user, r->user_len);
+		return 0;
+	}
 	r->upstream = UPSTREAM_SERVICE;
 	r->fallback_allowed = read && m.route->read_fallback;
 	if (r->fallback_allowed && !breaker_allows(w, r->route_index)) {
@@ -731,6 +743,8 @@ static void client_finish_request(struct client *c)
 	bool request_sent = c->head.message_done && c->forwarded == c->parsed && u->out.len == 0;
 	upstream_release(u, request_sent && http_should_keep_alive(&u->parser));
 	c->up = NULL;
+	if (r->refresh_after && r->status >= 200 && r->status < 300)
+		migrate_refresh(c->w->migrate, r->user, r->user_len);
 	access_log_write(c);
 	if (!r->keep_alive || !c->head.message_done) {
 		c->state = CLIENT_CLOSING;

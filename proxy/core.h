@@ -12,6 +12,7 @@
 
 #include "proxy/http.h"
 #include "proxy/metrics.h"
+#include "proxy/migrate.h"
 #include "proxy/proxy.h"
 
 /* Hands configs to workers (see struct slot). */
@@ -91,6 +92,7 @@ struct worker {
 	struct event *wakeup;     /* activated by the main thread: drain */
 	struct event *drain_tick;
 	struct worker_metrics metrics;
+	struct migrate_link *migrate;
 	uint64_t rng;
 };
 

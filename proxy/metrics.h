@@ -35,6 +35,12 @@ struct worker_metrics {
 	atomic_llong open_connections;
 	atomic_ullong upstream_errors[2];
 	atomic_ullong breaker_opened;
+	atomic_ullong migrate_enqueued; /* script calls that put a user on a stream */
+	atomic_ullong migrate_dropped;  /* not sent: backlog full or Redis down */
+	atomic_ullong migrate_errors;   /* refused by Redis */
+	atomic_ullong migrate_cache_bytes; /* gauges, set by the worker each second */
+	atomic_ullong migrated_known;
+	atomic_int migrate_link_up;
 };
 
 extern const double metrics_latency_bounds_s[METRICS_LATENCY_BUCKETS];

@@ -75,6 +75,8 @@ struct route {
 	bool read_fallback;  /* service reads fall back to legacy behind the breaker */
 	int breaker_failures; /* consecutive failures that open the breaker */
 	int breaker_open_ms;  /* how long it stays open before a probe */
+	bool migrate;         /* first-seen users go onto the migrate stream */
+	bool read_guard;      /* service reads only for users already migrated */
 	const char *label;    /* the name, interned for metrics (set by the proxy after loading) */
 };
 
@@ -105,6 +107,8 @@ struct proxy_config {
 	int client_timeout_ms; /* idle keep-alive and slow clients */
 	int drain_timeout_ms;
 	int ready_wait_ms; /* /readyz turns ready without flags after this */
+	int migrate_backlog; /* Redis calls in flight per worker; more are dropped and counted */
+	int seen_cache;      /* users remembered as enqueued, per worker */
 	char *access_log;  /* a path, "stderr" or "off" */
 	enum log_level log_level;
 };

@@ -178,6 +178,7 @@ int proxy_start_workers(struct proxy *p, char *err, size_t errlen)
 			event_add(w->listen_events[k], NULL);
 		}
 		w->wakeup = event_new(w->base, -1, 0, worker_on_wakeup, w);
+		w->migrate = migrate_link_new(w);
 	}
 	config_unref(cfg);
 	for (int i = 0; i < p->nworkers && rc == 0; i++)
@@ -204,6 +205,7 @@ void proxy_join_workers(struct proxy *p)
 			pthread_join(w->thread, NULL);
 		client_close_all(w);
 		upstream_pool_clear(w);
+		migrate_link_free(w->migrate);
 		worker_stop_listening(w);
 		if (w->drain_tick)
 			event_free(w->drain_tick);
