@@ -57,6 +57,9 @@ int ctl_print_change(struct ctl *ctl, const char *subject, const struct flag *be
 /* ctl_cohort.c */
 extern const struct ctl_verb ctl_cohort_verbs[];
 
+/* ctl_migration.c */
+extern const struct ctl_verb ctl_migration_verbs[];
+
 /* ctl_watch.c */
 int ctl_flag_watch(struct ctl *ctl, int argc, char **argv);
 

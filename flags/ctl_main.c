@@ -22,6 +22,7 @@ static void ctl_usage(FILE *out)
 		"Groups:\n"
 		"  flag     create, roll out, kill and inspect feature flags\n"
 		"  cohort   manage named cohorts (sets of user ids) that flags refer to\n"
+		"  migration  watch and steer lazy migration: status, enqueue, dead letters\n"
 		"\n"
 		"Global options:\n"
 		"  --redis URL    redis://[[user]:password@]host[:port][/db] or unix:///path?db=N\n"
@@ -241,6 +242,8 @@ int main(int argc, char **argv)
 		rc = ctl_dispatch(&ctl, group, ctl_flag_verbs, argc - optind - 1, argv + optind + 1);
 	} else if (strcmp(group, "cohort") == 0) {
 		rc = ctl_dispatch(&ctl, group, ctl_cohort_verbs, argc - optind - 1, argv + optind + 1);
+	} else if (strcmp(group, "migration") == 0) {
+		rc = ctl_dispatch(&ctl, group, ctl_migration_verbs, argc - optind - 1, argv + optind + 1);
 	} else {
 		fprintf(stderr, "cutoverctl: unknown group '%s'\n", group);
 		ctl_usage(stderr);

@@ -160,10 +160,15 @@ enum store_status {
 };
 
 struct flag_store;
+struct redisContext;
+struct redisReply;
 struct flag_store *flag_store_open(const char *url, const char *prefix, int timeout_ms, char *err,
 				   size_t errlen);
 void flag_store_close(struct flag_store *st);
 const char *flag_store_describe(const struct flag_store *st);
+struct redisContext *flag_store_redis(struct flag_store *st);
+const char *flag_store_prefix(const struct flag_store *st);
+int flag_store_reply_status(struct flag_store *st, const struct redisReply *r, char *err, size_t errlen);
 int flag_store_load(struct flag_store *st, struct flag_snapshot **out, char *err, size_t errlen);
 int flag_store_get(struct flag_store *st, const char *name, struct flag **out, char *err, size_t errlen);
 
@@ -196,7 +201,6 @@ int flag_store_history(struct flag_store *st, const char *subject, size_t limit,
 		       void *arg, char *err, size_t errlen);
 
 /* store.c, shared with watcher.c: the one-round-trip snapshot read. */
-struct redisReply;
 extern const char flag_store_load_script[];
 int flag_snapshot_from_reply(const struct redisReply *r, struct flag_snapshot **out, char *err,
 			     size_t errlen);

@@ -145,8 +145,20 @@ const char *flag_store_describe(const struct flag_store *st)
 	return st->description;
 }
 
+/* The connection and prefix, for commands outside the flag layout
+ * (cutoverctl migration). */
+redisContext *flag_store_redis(struct flag_store *st)
+{
+	return st->c;
+}
+
+const char *flag_store_prefix(const struct flag_store *st)
+{
+	return st->prefix;
+}
+
 /* Maps a missing or error reply to a status, with the reason in err. */
-static int store_reply_status(struct flag_store *st, const redisReply *r, char *err, size_t errlen)
+int flag_store_reply_status(struct flag_store *st, const redisReply *r, char *err, size_t errlen)
 {
 	if (r == NULL) {
 		snprintf(err, errlen, "Redis at %s: %s", st->description, redis_error_text(st->c));
@@ -222,7 +234,7 @@ int flag_snapshot_from_reply(const redisReply *r, struct flag_snapshot **out, ch
 int flag_store_load(struct flag_store *st, struct flag_snapshot **out, char *err, size_t errlen)
 {
 	redisReply *r = redisCommand(st->c, "EVAL %s 0 %s", flag_store_load_script, st->prefix);
-	int rc = store_reply_status(st, r, err, errlen);
+	int rc = flag_store_reply_status(st, r, err, errlen);
 	if (rc == STORE_OK && flag_snapshot_from_reply(r, out, err, errlen) < 0)
 		rc = STORE_INVALID;
 	if (r)
@@ -234,7 +246,7 @@ int flag_store_load(struct flag_store *st, struct flag_snapshot **out, char *err
 static int store_get_raw(struct flag_store *st, const char *name, char **json, char *err, size_t errlen)
 {
 	redisReply *r = redisCommand(st->c, "GET %s:flag:%s", st->prefix, name);
-	int rc = store_reply_status(st, r, err, errlen);
+	int rc = flag_store_reply_status(st, r, err, errlen);
 	if (rc == STORE_OK && r->type == REDIS_REPLY_NIL) {
 		snprintf(err, errlen, "no such flag '%s'", name);
 		rc = STORE_NOT_FOUND;
@@ -269,7 +281,7 @@ static int store_write(struct flag_store *st, const char *name, const char *expe
 {
 	const char *argv[] = { "EVAL", store_write_script, "0", st->prefix, name, expected, new_json, actor, action };
 	redisReply *r = redisCommandArgv(st->c, sizeof(argv) / sizeof(argv[0]), argv, NULL);
-	int rc = store_reply_status(st, r, err, errlen);
+	int rc = flag_store_reply_status(st, r, err, errlen);
 	if (rc == STORE_OK) {
 		if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
 			snprintf(err, errlen, "unexpected reply from the write script");
@@ -376,7 +388,7 @@ int flag_store_cohort_change(struct flag_store *st, const char *cohort, bool add
 	for (size_t i = 0; i < n; i++)
 		argv[8 + i] = ids[i];
 	redisReply *r = redisCommandArgv(st->c, (int)argc, argv, NULL);
-	int rc = store_reply_status(st, r, err, errlen);
+	int rc = flag_store_reply_status(st, r, err, errlen);
 	if (rc == STORE_OK)
 		*changed = r->type == REDIS_REPLY_ARRAY && r->elements == 2 ? r->element[0]->integer : 0;
 	if (r)
@@ -391,7 +403,7 @@ int flag_store_cohort_members(struct flag_store *st, const char *cohort, struct 
 			      size_t errlen)
 {
 	redisReply *r = redisCommand(st->c, "SORT %s:cohort:%s ALPHA", st->prefix, cohort);
-	int rc = store_reply_status(st, r, err, errlen);
+	int rc = flag_store_reply_status(st, r, err, errlen);
 	if (rc == STORE_OK)
 		reply_to_idlist(r, out);
 	if (r)
@@ -422,7 +434,7 @@ int flag_store_history(struct flag_store *st, const char *subject, size_t limit,
 	/* Newest first, a page at a time, until enough entries are found. */
 	while (found < limit) {
 		redisReply *r = redisCommand(st->c, "XREVRANGE %s:flags:audit %s - COUNT 500", st->prefix, end);
-		if ((rc = store_reply_status(st, r, err, errlen)) != STORE_OK) {
+		if ((rc = flag_store_reply_status(st, r, err, errlen)) != STORE_OK) {
 			if (r)
 				freeReplyObject(r);
 			break;
