@@ -23,6 +23,8 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +62,7 @@ struct request {
 	bool fallback_allowed;
 	bool decided; /* upstream holds a decision (not a request the proxy refused) */
 	bool refresh_after; /* a migrated user's write went to legacy: migrate again after it */
+	bool dechunk;       /* relay the decoded body (HTTP/1.0 client, chunked response) */
 	bool continue_sent; /* the proxy answered Expect: 100-continue itself */
 	int status;
 	uint64_t bytes_out;
@@ -83,6 +86,8 @@ struct client {
 	bool peer_closed; /* EPOLLRDHUP seen: read to the end */
 	bool draining;
 	bool body_streamed; /* body bytes were sent and dropped: not replayable */
+	uint64_t body_dropped; /* body bytes forwarded and dropped from in */
+	uint64_t moved;     /* bytes moved on either socket: client_drive's measure of progress */
 	struct buf in;
 	size_t parsed;    /* of in: consumed by the parser */
 	size_t forwarded; /* of in: copied to the upstream */
@@ -152,6 +157,10 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 	struct client *c = xcalloc(1, sizeof(*c));
 	c->w = w;
 	c->fd = fd;
+	/* Heads and bodies often leave in two writes: without this the second
+	 * waits for the client's delayed ACK (about 40 ms). */
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	if (addr->sa_family == AF_INET6)
 		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)addr)->sin6_addr, c->peer, sizeof(c->peer));
 	else
@@ -189,6 +198,7 @@ static const char *status_text(int status)
 }
 
 static void access_log_write(struct client *c);
+static void client_request_id(struct client *c);
 
 /*
  * Answers the request in hand with status and a small JSON body naming
@@ -205,6 +215,8 @@ static void client_fail(struct client *c, int status, const char *reason)
 		access_log_write(c);
 		return;
 	}
+	if (c->req.id[0] == '\0')
+		client_request_id(c); /* refused before its head was complete */
 	struct buf body;
 	buf_init(&body);
 	buf_printf(&body, "{\"error\":");
@@ -368,19 +380,19 @@ static int client_decide(struct client *c)
 		r->breaker_failures = m.route->breaker_failures;
 		r->breaker_open_ms = m.route->breaker_open_ms;
 	}
+	char why[256];
+	int found = matched ? route_user_id(&m, &view, r->user, &r->user_len, why, sizeof(why)) : USER_ID_NONE;
+	if (found == USER_ID_BAD) {
+		r->reason = "bad-user-id";
+		client_fail(c, 400, why);
+		return -1;
+	}
 	if (client_forced(c, cfg))
 		return 0;
 	if (!matched) {
 		r->upstream = cfg->default_upstream;
 		r->reason = "no-route";
 		return 0;
-	}
-	char why[256];
-	int found = route_user_id(&m, &view, r->user, &r->user_len, why, sizeof(why));
-	if (found == USER_ID_BAD) {
-		r->reason = "bad-user-id";
-		client_fail(c, 400, why);
-		return -1;
 	}
 	if (found == USER_ID_NONE) {
 		r->upstream = m.route->no_user;
@@ -509,7 +521,8 @@ static void client_forward_body(struct client *c)
 /* Reads what sock has into b, at most up to limit bytes in b. Returns 1
  * if something arrived, 0 if nothing (EAGAIN or a short read clears
  * *can_read, unless the peer closed; EOF sets *eof), -1 on an error. */
-static int read_into(int fd, struct buf *b, size_t limit, bool peer_closed, bool *can_read, bool *eof)
+static int read_into(int fd, struct buf *b, size_t limit, bool peer_closed, bool *can_read, bool *eof,
+		     uint64_t *moved)
 {
 	int got = 0;
 	while (*can_read && b->len < limit) {
@@ -522,6 +535,7 @@ static int read_into(int fd, struct buf *b, size_t limit, bool peer_closed, bool
 		if (n > 0) {
 			b->len += (size_t)n;
 			b->data[b->len] = '\0';
+			*moved += (uint64_t)n;
 			got = 1;
 			if ((size_t)n < want && !peer_closed)
 				*can_read = false;
@@ -540,16 +554,18 @@ static int read_into(int fd, struct buf *b, size_t limit, bool peer_closed, bool
 
 /* Writes b from *sent on. Returns -1 on an error; clears *can_write on
  * EAGAIN; empties b once all of it is out. */
-static int write_from(int fd, struct buf *b, size_t *sent, bool *can_write)
+static int write_from(int fd, struct buf *b, size_t *sent, bool *can_write, uint64_t *moved)
 {
 	while (*can_write && *sent < b->len) {
 		ssize_t n = write(fd, b->data + *sent, b->len - *sent);
-		if (n > 0)
+		if (n > 0) {
 			*sent += (size_t)n;
-		else if (n < 0 && errno == EAGAIN)
+			*moved += (uint64_t)n;
+		} else if (n < 0 && errno == EAGAIN) {
 			*can_write = false;
-		else if (n < 0 && errno != EINTR)
+		} else if (n < 0 && errno != EINTR) {
 			return -1;
+		}
 	}
 	if (*sent == b->len && b->len > 0) {
 		buf_reset(b);
@@ -678,6 +694,10 @@ static void client_on_head(struct client *c)
 	struct request *r = &c->req;
 	const char *method = http_method_str(c->parser.method);
 	r->start_us = clock_monotonic_us();
+	if (c->parser.http_major != 1) {
+		client_fail(c, 400, "HTTP/1.0 or HTTP/1.1 required");
+		return;
+	}
 	r->method = http_method_bit(method, strlen(method));
 	r->keep_alive = http_should_keep_alive(&c->parser) && !c->draining;
 	client_request_id(c);
@@ -717,8 +737,16 @@ static void client_write_response_head(struct client *c, struct upstream_conn *u
 	buf_printf(&c->out, "HTTP/1.1 %d ", r->status);
 	buf_append(&c->out, base + u->head.status.off, u->head.status.len);
 	buf_puts(&c->out, "\r\n");
-	http_mark_hop_by_hop(&u->head, base, NULL);
+	/* An HTTP/1.0 client cannot read chunked framing: it gets the
+	 * decoded body, delimited by the close. */
+	bool old_client = c->parser.http_minor == 0;
+	r->dechunk = old_client && (u->parser.flags & F_CHUNKED);
+	http_mark_hop_by_hop(&u->head, base, r->dechunk ? "Transfer-Encoding" : NULL);
 	http_append_headers(&c->out, &u->head, base);
+	if (r->dechunk) {
+		u->target.body = &c->out;
+		r->keep_alive = false;
+	}
 	if (c->w->cfg->route_header)
 		buf_printf(&c->out, "X-Cutover-Route: %s\r\n", upstream_kind_name(r->upstream));
 	size_t len;
@@ -729,7 +757,11 @@ static void client_write_response_head(struct client *c, struct upstream_conn *u
 	bool framed = (u->parser.flags & (F_CONTENTLENGTH | F_CHUNKED)) || r->method == METHOD_HEAD ||
 		      r->status == 204 || r->status == 304;
 	r->keep_alive = r->keep_alive && framed && !c->draining;
-	buf_puts(&c->out, r->keep_alive ? "\r\n" : "Connection: close\r\n\r\n");
+	if (!r->keep_alive)
+		buf_puts(&c->out, "Connection: close\r\n");
+	else if (old_client)
+		buf_puts(&c->out, "Connection: keep-alive\r\n");
+	buf_puts(&c->out, "\r\n");
 	r->response_started = true;
 }
 
@@ -755,6 +787,7 @@ static void client_finish_request(struct client *c)
 	c->in.len -= c->parsed;
 	c->parsed = c->forwarded = 0;
 	c->body_streamed = false;
+	c->body_dropped = 0;
 	client_begin_request(c);
 	client_arm_timer(c);
 }
@@ -793,7 +826,9 @@ static int client_relay_response(struct client *c, struct upstream_conn *u)
 			u->relayed = head_end;
 			continue;
 		}
-		if (u->head_written && u->parsed > u->relayed) {
+		if (u->head_written && c->req.dechunk) {
+			u->relayed = u->parsed; /* on_body has put the decoded bytes in c->out */
+		} else if (u->head_written && u->parsed > u->relayed) {
 			buf_append(&c->out, u->in.data + u->relayed, u->parsed - u->relayed);
 			c->req.bytes_out += u->parsed - u->relayed;
 			u->relayed = u->parsed;
@@ -818,17 +853,11 @@ static void client_pump_response(struct client *c)
 	for (;;) {
 		if (client_relay_response(c, u) < 0)
 			return;
-		if (!u->can_read || c->out.len - c->out_sent >= FORWARD_HIGH_WATER)
-			return;
-		bool eof = false;
-		int got = read_into(u->fd, &u->in, u->in.len + READ_CHUNK, u->peer_closed, &u->can_read, &eof);
-		if (got > 0) {
-			upstream_arm_timer(u, uc->read_timeout_ms);
-			continue;
-		}
-		if (got < 0 || eof) {
+		if (u->eof) {
 			/* A body that runs until close ends here; anything else
 			 * was cut short. */
+			if (HTTP_PARSER_ERRNO(&u->parser) == HPE_PAUSED)
+				http_parser_pause(&u->parser, 0);
 			http_parser_execute(&u->parser, http_response_settings(), NULL, 0);
 			if (u->head.message_done && u->head_written) {
 				c->req.keep_alive = false;
@@ -841,6 +870,16 @@ static void client_pump_response(struct client *c)
 			}
 			return;
 		}
+		if (!u->can_read || c->out.len - c->out_sent >= FORWARD_HIGH_WATER)
+			return;
+		/* An error counts as the end: what came before it is relayed,
+		 * and a response it cut short is treated as such. */
+		int got = read_into(u->fd, &u->in, u->in.len + READ_CHUNK, u->peer_closed, &u->can_read, &u->eof,
+				    &c->moved);
+		if (got < 0)
+			u->eof = true;
+		else if (got > 0)
+			upstream_arm_timer(u, uc->read_timeout_ms);
 	}
 }
 
@@ -860,7 +899,7 @@ static void client_pump_request(struct client *c)
 		u->connecting = false;
 		upstream_arm_timer(u, c->w->cfg->upstreams[u->kind].read_timeout_ms);
 	}
-	if (write_from(u->fd, &u->out, &u->out_sent, &u->can_write) < 0)
+	if (write_from(u->fd, &u->out, &u->out_sent, &u->can_write, &c->moved) < 0)
 		client_upstream_failed(c, u, 502, "cannot write to upstream");
 }
 
@@ -908,7 +947,7 @@ static int client_take_input(struct client *c)
 		return 0;
 	}
 	bool eof = false;
-	if (read_into(c->fd, &c->in, limit, c->peer_closed, &c->can_read, &eof) < 0)
+	if (read_into(c->fd, &c->in, limit, c->peer_closed, &c->can_read, &eof, &c->moved) < 0)
 		return -1;
 	if (eof)
 		c->eof = true;
@@ -935,7 +974,7 @@ static int client_take_input(struct client *c)
 			client_fail(c, 400, "request body cut short");
 		break;
 	case CLIENT_PROXY:
-		if (c->parsed - client_head_end(c) > cfg->max_body_bytes) {
+		if (c->parsed - client_head_end(c) + c->body_dropped > cfg->max_body_bytes) {
 			client_fail(c, 413, "request body over the limit");
 			break;
 		}
@@ -943,6 +982,7 @@ static int client_take_input(struct client *c)
 		if (c->forwarded > client_head_end(c) && c->forwarded == c->parsed && c->parsed == c->in.len &&
 		    !c->head.message_done) {
 			/* Streamed: keep the head, drop body bytes already sent. */
+			c->body_dropped += c->parsed - client_head_end(c);
 			c->in.len = c->parsed = c->forwarded = client_head_end(c);
 			c->body_streamed = true;
 		}
@@ -963,25 +1003,30 @@ static int client_take_input(struct client *c)
 static void client_drive(struct client *c)
 {
 	for (int round = 0; round < 64; round++) {
-		size_t in = c->in.len, out = c->out.len, sent = c->out_sent;
+		uint64_t moved = c->moved;
 		enum client_state state = c->state;
+		size_t pending = c->out.len;
 		if (c->state != CLIENT_CLOSING && client_take_input(c) < 0)
-			break;
+			goto done;
 		if (c->state == CLIENT_PROXY && c->up) {
 			client_pump_request(c);
 			if (c->state == CLIENT_PROXY && c->up)
 				client_pump_response(c);
 		}
-		if (write_from(c->fd, &c->out, &c->out_sent, &c->can_write) < 0)
-			break;
+		if (write_from(c->fd, &c->out, &c->out_sent, &c->can_write, &c->moved) < 0)
+			goto done;
 		if (c->state == CLIENT_CLOSING && c->out.len == 0)
-			break;
+			goto done;
 		if (c->state == CLIENT_HEAD && c->draining && c->in.len == 0)
-			break;
-		bool progress = c->in.len != in || c->out.len != out || c->out_sent != sent || c->state != state;
-		if (!progress)
-			return;
+			goto done;
+		if (c->moved == moved && c->state == state && c->out.len == pending)
+			return; /* nothing more until the next event */
 	}
+	/* Still busy after a fair share of turns (a big body): go on at the
+	 * loop's next turn, after the other connections had theirs. */
+	event_active(c->ev, EV_READ | EV_WRITE, 0);
+	return;
+done:
 	client_free(c);
 }
 

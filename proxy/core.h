@@ -53,6 +53,7 @@ struct upstream_conn {
 	bool can_write;
 	bool reused; /* served a request before: may have been closed meanwhile */
 	bool peer_closed; /* EPOLLRDHUP seen: read to the end */
+	bool eof;         /* read returned 0 (or failed): nothing more will come */
 	struct buf out;
 	size_t out_sent;
 	struct buf in;

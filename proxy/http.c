@@ -110,6 +110,7 @@ static const http_parser_settings request_settings = {
 
 static const http_parser_settings response_settings = {
 	.on_status = on_status,
+	.on_body = on_body,
 	.on_header_field = on_header_field,
 	.on_header_value = on_header_value,
 	.on_headers_complete = on_headers_complete,

@@ -23,6 +23,7 @@ behind a route prefix, e.g. /api/users/u1/slow?ms=500):
                        1xx, 204 and 304 without a body
     .../chunked        answers with a chunked body (several chunks)
     .../split?ms=N     writes the head, then N ms later (default 5) the body
+    .../big?bytes=N    answers N bytes of "0123456789abcdef..." instead of JSON
     .../close          answers without Content-Length and closes
     .../hop            adds hop-by-hop response headers (Connection,
                        Keep-Alive, Upgrade, Trailer, Proxy-Authenticate and
@@ -44,7 +45,6 @@ import os
 import re
 import signal
 import socketserver
-import sys
 import threading
 import time
 import urllib.parse
@@ -171,6 +171,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             extra = [("Connection", "X-Upstream-Hop"), ("X-Upstream-Hop", "secret"),
                      ("Keep-Alive", "timeout=5, max=100"), ("Upgrade", "h2c"), ("Trailer", "X-Checksum"),
                      ("Proxy-Authenticate", "Basic realm=\"up\""), ("X-Upstream-Ordinary", "kept")]
+        if path.endswith("/big"):
+            n = int(query.get("bytes", ["1048576"])[0])
+            payload = (b"0123456789abcdef" * (n // 16 + 1))[:n]
         if path.endswith("/split"):
             return self.reply_split(status, payload, extra, query)
         if path.endswith("/chunked"):

@@ -6,13 +6,21 @@ own redis-server, talks to it through the real `cutoverctl` binary and
 checks the result independently with the python redis client. Output is
 plain TAP for automake's tap-driver.
 
+The proxy's scripts (proxy_routing.py, proxy_failover.py, proxy_ops.py,
+proxy_input.py) also run `cutover-proxy` (Proxy: a config written per
+test, free ports, /readyz polled) in front of two echo_upstream.py
+processes (Echo) playing legacy and service, and talk HTTP to it with
+http.client or, for what http.client will not send, RawConn.
+
 Environment:
-  CUTOVER_BUILDDIR  where the cutoverctl binary is (set by `make check`)
+  CUTOVER_BUILDDIR  where the cutoverctl and cutover-proxy binaries are
+                    (set by `make check`)
   CUTOVER_SRCDIR    the source tree (test vectors live there)
   TEST_KEEP=1       leave redis-server running at the end and say how to
                     reach it
   TEST_VERBOSE=1    when a test point fails, also print the stderr of the
-                    commands it ran and the tail of the redis log
+                    commands it ran, the tail of the redis log and of the
+                    stderr of the long-running children (proxy, upstreams)
 
 Python 3 stdlib plus Debian's python3-redis; run with /usr/bin/python3.
 """
@@ -56,6 +64,7 @@ _context = []   # (argv, rc, stderr) of commands since the last test point
 _servers = []   # RedisServer objects not yet closed
 _children = []  # Watch objects not yet stopped
 _running = set()  # cutoverctl processes run_ctl is waiting for
+_tempdirs = []    # of Process and Proxy objects, removed by cleanup()
 
 
 def _with_parent(argv):
@@ -190,6 +199,9 @@ def cleanup():
             p.kill()
     for srv in list(_servers):
         srv.close()
+    if not KEEP:
+        while _tempdirs:
+            shutil.rmtree(_tempdirs.pop(), ignore_errors=True)
 
 
 atexit.register(cleanup)
@@ -525,6 +537,7 @@ class Process:
         self.env = env
         self.expect_rc = expect_rc
         self.dir = tempfile.mkdtemp(prefix="cutover-it-%s-" % self.name)
+        _tempdirs.append(self.dir)
         self.errpath = os.path.join(self.dir, "stderr")
         self.proc = None
         self.returncode = None
@@ -768,7 +781,7 @@ class RawConn:
 
     def __init__(self, host, port, timeout=10.0):
         self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.buf = b""
+        self.buf = bytearray()
         self.closed = False  # the server closed its side
 
     def send(self, data):
@@ -779,12 +792,12 @@ class RawConn:
             return False
         left = deadline - time.monotonic()
         if left <= 0:
-            raise TimeoutError("no answer before the deadline (have %r)" % self.buf[:200])
+            raise TimeoutError("no answer before the deadline (have %r)" % bytes(self.buf[:200]))
         self.sock.settimeout(left)
         try:
-            chunk = self.sock.recv(65536)
+            chunk = self.sock.recv(262144)
         except socket.timeout:
-            raise TimeoutError("no answer before the deadline (have %r)" % self.buf[:200])
+            raise TimeoutError("no answer before the deadline (have %r)" % bytes(self.buf[:200]))
         except ConnectionResetError:
             chunk = b""
         if not chunk:
@@ -794,17 +807,24 @@ class RawConn:
         return True
 
     def _line(self, deadline):
-        while b"\r\n" not in self.buf:
+        start = 0
+        while True:
+            i = self.buf.find(b"\r\n", start)
+            if i >= 0:
+                break
+            start = max(0, len(self.buf) - 1)
             if not self._fill(deadline):
-                raise ValueError("connection closed in a head: %r" % self.buf[:200])
-        line, self.buf = self.buf.split(b"\r\n", 1)
+                raise ValueError("connection closed in a head: %r" % bytes(self.buf[:200]))
+        line = bytes(self.buf[:i])
+        del self.buf[:i + 2]
         return line
 
     def _exact(self, n, deadline):
         while len(self.buf) < n:
             if not self._fill(deadline):
                 raise ValueError("connection closed %d bytes into a %d-byte body" % (len(self.buf), n))
-        data, self.buf = self.buf[:n], self.buf[n:]
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
         return data
 
     def read_head(self, timeout=5.0):
@@ -826,8 +846,8 @@ class RawConn:
         return parts[0], int(parts[1]), parts[2] if len(parts) > 2 else "", headers
 
     def read_response(self, timeout=5.0, head_request=False):
-        """The next response, 1xx ones skipped... no: 1xx are returned too,
-        as responses without a body. head_request: no body follows."""
+        """The next response (a 1xx one too, as a response without a body).
+        head_request: it answers a HEAD, so no body follows."""
         t0 = time.monotonic()
         deadline = t0 + timeout
         version, status, reason, headers = self.read_head(timeout)
@@ -838,7 +858,7 @@ class RawConn:
         te = ",".join(r.header_all("Transfer-Encoding")).lower()
         lengths = r.header_all("Content-Length")
         if "chunked" in te:
-            body = b""
+            body = bytearray()
             while True:
                 size = int(self._line(deadline).split(b";")[0].strip(), 16)
                 if size == 0:
@@ -848,7 +868,7 @@ class RawConn:
                 body += self._exact(size, deadline)
                 if self._exact(2, deadline) != b"\r\n":
                     raise ValueError("chunk not followed by CRLF")
-            r.body = body
+            r.body = bytes(body)
         elif lengths:
             if len(set(lengths)) != 1:
                 raise ValueError("several Content-Length values: %r" % lengths)
@@ -856,7 +876,7 @@ class RawConn:
         else:
             while self._fill(deadline):
                 pass
-            r.body, self.buf = self.buf, b""
+            r.body, self.buf = bytes(self.buf), bytearray()
         r.elapsed = time.monotonic() - t0
         return r
 
@@ -983,6 +1003,7 @@ class Proxy(Process):
     def __init__(self, legacy, service, wait_ready=True, ready_timeout=20.0, **settings):
         self.settings = dict(settings, legacy=legacy, service=service)
         self.confdir = tempfile.mkdtemp(prefix="cutover-it-proxy-conf-")
+        _tempdirs.append(self.confdir)
         self.conf = os.path.join(self.confdir, "cutover.conf")
         self.access_log = os.path.join(self.confdir, "access.log")
         self.port = self.admin_port = None
@@ -1189,3 +1210,31 @@ def eval_users(flag, users):
         d = jsonlib.loads(line)
         res[d["user"]] = d
     return res
+
+
+def run_proxy(*args, timeout=10):
+    """Runs cutover-proxy ARGS to completion (--check-config, --version):
+    (exit_code, stdout, stderr), exit_code None on a timeout. A sanitizer
+    report or a timeout fails the next test point."""
+    argv = [PROXY] + [str(a) for a in args]
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=_child_env())
+    with _lock:
+        _running.add(p)
+    try:
+        out, err = p.communicate(timeout=timeout)
+        rc = p.returncode
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        rc = None
+        _problem("timed out after %ss: %s" % (timeout, " ".join(argv)))
+    finally:
+        with _lock:
+            _running.discard(p)
+    out, err = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    _note_command(argv, rc, err)
+    bad = sanitizer_problem(" ".join(argv), rc, err)
+    if bad:
+        _problem(bad)
+    return rc, out, err
