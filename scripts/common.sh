@@ -8,7 +8,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 CUTOVER_PACKAGES="gcc make autoconf automake pkg-config perl \
 libevent-dev libhiredis-dev libmongoc-dev libjsmn-dev libcmocka-dev \
 libconfuse-dev libhttp-parser-dev \
-redis-server redis-tools python3 python3-redis"
+redis-server redis-tools python3 python3-redis python3-mockupdb python3-pymongo"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
