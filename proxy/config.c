@@ -82,6 +82,9 @@ static cfg_opt_t route_opts[] = {
 	CFG_INT_CB("breaker_open", 10000, CFGF_NONE, parse_plain_decimal),
 	CFG_BOOL("migrate", cfg_false, CFGF_NONE),
 	CFG_BOOL("read_guard", cfg_false, CFGF_NONE),
+	CFG_STR("unmigrated_writes", "legacy", CFGF_NONE),
+	CFG_INT_CB("migrate_wait", 2000, CFGF_NONE, parse_plain_decimal),
+	CFG_STR("migrate_timeout", "legacy", CFGF_NONE),
 	CFG_END(),
 };
 
@@ -779,9 +782,19 @@ static int build_route(struct loader *ld, cfg_t *sec, struct route *r)
 	r->read_fallback = cfg_getbool(sec, "read_fallback");
 	r->migrate = cfg_getbool(sec, "migrate");
 	r->read_guard = cfg_getbool(sec, "read_guard");
+	const char *writes = cfg_getstr(sec, "unmigrated_writes"), *timeout = cfg_getstr(sec, "migrate_timeout");
+	if (strcmp(writes, "legacy") != 0 && strcmp(writes, "migrate-first") != 0)
+		return fail(ld, sec, "unmigrated_writes", "must be legacy or migrate-first, not '%s'", writes);
+	r->migrate_first = strcmp(writes, "migrate-first") == 0;
+	if (r->migrate_first && !(r->migrate && r->read_guard))
+		return fail(ld, sec, "unmigrated_writes", "migrate-first needs migrate = true and read_guard = true");
+	if (strcmp(timeout, "legacy") != 0 && strcmp(timeout, "503") != 0)
+		return fail(ld, sec, "migrate_timeout", "must be legacy or 503, not '%s'", timeout);
+	r->migrate_timeout_status = strcmp(timeout, "503") == 0 ? 503 : 0;
 	if (get_kind(ld, sec, "no_user", &r->no_user) < 0 ||
 	    get_int(ld, sec, "breaker_failures", 1, 1000, &r->breaker_failures) < 0 ||
-	    get_int(ld, sec, "breaker_open", 1, DURATION_MAX, &r->breaker_open_ms) < 0)
+	    get_int(ld, sec, "breaker_open", 1, DURATION_MAX, &r->breaker_open_ms) < 0 ||
+	    get_int(ld, sec, "migrate_wait", 1, DURATION_MAX, &r->migrate_wait_ms) < 0)
 		return -1;
 	return 0;
 }

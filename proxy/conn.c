@@ -18,6 +18,7 @@
  * States of a client:
  *   CLIENT_HEAD   reading a request head (or idle between requests)
  *   CLIENT_BODY   buffering a body the route needs for the user id
+ *   CLIENT_WAIT   a write waits for its user's migration (migrate-first)
  *   CLIENT_PROXY  the request goes to an upstream, the response comes back
  *   CLIENT_CLOSING  writing what is left, then closing
  */
@@ -37,7 +38,7 @@
 #define READ_CHUNK 16384
 #define FORWARD_HIGH_WATER (256 * 1024) /* stop reading one side while the other lags */
 
-enum client_state { CLIENT_HEAD, CLIENT_BODY, CLIENT_PROXY, CLIENT_CLOSING };
+enum client_state { CLIENT_HEAD, CLIENT_BODY, CLIENT_WAIT, CLIENT_PROXY, CLIENT_CLOSING };
 
 struct request {
 	int64_t start_us;
@@ -99,6 +100,9 @@ struct client {
 	size_t out_sent;
 	struct upstream_conn *up;
 	struct request req;
+	struct client *park_next; /* in the worker's list of waiting writes */
+	uint64_t wait_hash;       /* the user it waits for */
+	int wait_timeout_status;  /* 0: go to legacy when the wait ends */
 };
 
 static void client_drive(struct client *c);
@@ -107,9 +111,21 @@ static void client_upstream_failed(struct client *c, struct upstream_conn *u, in
 
 /* ---- lifetime ------------------------------------------------------------ */
 
+static void client_unpark(struct client *c)
+{
+	for (struct client **p = &c->w->parked; *p; p = &(*p)->park_next) {
+		if (*p == c) {
+			*p = c->park_next;
+			break;
+		}
+	}
+}
+
 static void client_free(struct client *c)
 {
 	struct worker *w = c->w;
+	if (c->state == CLIENT_WAIT)
+		client_unpark(c);
 	if (c->up)
 		upstream_release(c->up, false);
 	if (c->prev)
@@ -348,8 +364,9 @@ static void breaker_record(struct client *c, bool ok)
 	}
 }
 
-/* Fills the decision fields of c->req. Returns -1 after answering the
- * request itself (a bad user id). */
+/* Fills the decision fields of c->req. Returns 0 to dispatch, 1 when the
+ * request waits for its user's migration, -1 after answering the request
+ * itself (a bad user id). */
 static int client_decide(struct client *c)
 {
 	struct worker *w = c->w;
@@ -424,9 +441,22 @@ static int client_decide(struct client *c)
 		r->refresh_after = !read && m.route->migrate && migrate_is_migrated(w->migrate, r->user, r->user_len);
 		return 0;
 	}
-	if (read && m.route->read_guard && !migrate_is_migrated(w->migrate, r->user, r->user_len)) {
-		r->reason = "not-migrated";
+	if (m.route->read_guard && !migrate_is_migrated(w->migrate, r->user, r->user_len)) {
+		/* Not in the service yet: reads and (by default) writes stay on
+		 * legacy, and the worker is asked to hurry. */
 		migrate_priority(w->migrate, r->user, r->user_len);
+		if (!read && m.route->migrate_first) {
+			c->state = CLIENT_WAIT;
+			c->wait_hash = idset_hash(r->user, r->user_len);
+			c->wait_timeout_status = m.route->migrate_timeout_status;
+			c->park_next = w->parked;
+			w->parked = c;
+			int ms = m.route->migrate_wait_ms;
+			struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+			evtimer_add(c->timer, &tv);
+			return 1;
+		}
+		r->reason = "not-migrated";
 		return 0;
 	}
 	r->upstream = UPSTREAM_SERVICE;
@@ -1043,11 +1073,48 @@ static void client_on_event(evutil_socket_t fd, short what, void *arg)
 	client_drive(c);
 }
 
+/* A write waited for its user (migrate-first): the user is migrated now
+ * (decide again: to the service), or the wait is over (timeout). */
+static void client_end_wait(struct client *c, bool migrated)
+{
+	client_unpark(c);
+	evtimer_del(c->timer);
+	c->state = CLIENT_BODY; /* the request is read; only the decision is missing */
+	if (migrated) {
+		client_route(c);
+	} else if (c->wait_timeout_status) {
+		c->req.reason = "migrate-timeout";
+		client_fail(c, c->wait_timeout_status, "the user's migration did not finish in time");
+	} else {
+		c->req.upstream = UPSTREAM_LEGACY;
+		c->req.reason = "migrate-timeout";
+		c->req.decided = true;
+		client_dispatch(c);
+	}
+	client_drive(c);
+}
+
+/* Called by migrate.c when user hash h became migrated. */
+void client_user_migrated(struct worker *w, uint64_t h)
+{
+	struct client *c = w->parked;
+	while (c != NULL) {
+		struct client *next = c->park_next;
+		if (c->wait_hash == h)
+			client_end_wait(c, true);
+		c = next;
+	}
+}
+
 /* Idle too long, or too slow to send its request. */
 static void client_on_timer(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd, (void)what;
 	struct client *c = arg;
+	if (c->state == CLIENT_WAIT) {
+		client_end_wait(c, false);
+		return;
+	}
 	if (c->state == CLIENT_HEAD && c->in.len == 0) {
 		client_free(c);
 		return;

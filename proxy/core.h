@@ -89,6 +89,7 @@ struct worker {
 	struct upstream_pool pools[UPSTREAM_COUNT];
 	struct breaker *breakers; /* one per route of cfg */
 	struct client *clients;   /* a list, for draining */
+	struct client *parked;    /* writes waiting for their user's migration */
 	int nclients;
 	struct event *wakeup;     /* activated by the main thread: drain */
 	struct event *drain_tick;
@@ -107,6 +108,7 @@ void worker_refresh(struct worker *w);
 void client_accept(struct worker *w, int fd, const struct sockaddr *addr, socklen_t addrlen);
 void client_drain(struct client *c);
 struct client *client_next(struct client *c);
+void client_user_migrated(struct worker *w, uint64_t h);
 void client_close_all(struct worker *w);
 
 /* conn.c, called by upstream.c */

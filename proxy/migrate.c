@@ -153,7 +153,9 @@ static void link_on_message(redisAsyncContext *ac, void *reply, void *privdata)
 		m->backoff_ms = LINK_BACKOFF_MIN_MS;
 		redisAsyncCommand(m->cmd, link_on_scan, NULL, "HSCAN %s:migrated 0 COUNT 1000", m->prefix);
 	} else if (strcmp(r->element[0]->str, "message") == 0 && r->element[2]->type == REDIS_REPLY_STRING) {
-		idset_add(&m->migrated, idset_hash(r->element[2]->str, r->element[2]->len));
+		uint64_t h = idset_hash(r->element[2]->str, r->element[2]->len);
+		idset_add(&m->migrated, h);
+		client_user_migrated(m->w, h);
 	}
 }
 

@@ -76,7 +76,10 @@ struct route {
 	int breaker_failures; /* consecutive failures that open the breaker */
 	int breaker_open_ms;  /* how long it stays open before a probe */
 	bool migrate;         /* first-seen users go onto the migrate stream */
-	bool read_guard;      /* service reads only for users already migrated */
+	bool read_guard;      /* service reads (and writes) only for users already migrated */
+	bool migrate_first;   /* an unmigrated user's write waits for the migration, instead of legacy */
+	int migrate_wait_ms;  /* how long it waits */
+	int migrate_timeout_status; /* then: 0 = legacy, or this status (503) */
 	const char *label;    /* the name, interned for metrics (set by the proxy after loading) */
 };
 
