@@ -3,70 +3,40 @@
  * libconfuse syntax), checked as a whole and turned into an immutable
  * struct proxy_config that threads share by reference counting.
  *
- * Errors read "FILE:LINE: reason" and only the first is reported, as
- * `nginx -t` does. libconfuse finds syntax errors and unknown options;
- * everything else is checked once the file is parsed, using the line each
- * option was set on. libconfuse keeps no such line, so a validate callback
- * installed on every option records where the parser stood when it stored
- * the value.
- *
- * libconfuse 3.3 keeps its scanner in globals and passes its callbacks no
- * user pointer: loads are serialized by a mutex, and the callbacks reach
- * the load in progress through a static pointer that the mutex guards.
- * Its line counter is wrong after comments (a # or // comment counts
- * three lines, a C comment one more than it spans), and a comment inside
- * a { list } is a syntax error; so the file is read whole and its
- * comments blanked out (newlines kept) before libconfuse sees it - a
- * scan that only tells comments from quoted strings, not a tokenizer.
- * An empty list runs no callback, so its errors can only be given the
- * section's line.
+ * Loading, line tracking and "FILE:LINE: reason" errors (the first
+ * only, as `nginx -t` does) are common/conf.c, shared with the migrator;
+ * this file holds the options and what each value must be.
  */
 #include <arpa/inet.h>
-#include <errno.h>
-#include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include <confuse.h>
-
+#include "common/conf.h"
 #include "proxy.h"
 
 #define WHY_MAX 256
-#define WHAT_MAX 160
-#define DURATION_MAX 3600000 /* milliseconds: one hour */
 #define WORKERS_MAX 1024
-#define REDIS_PREFIX_MAX 64
 #define FORCE_SECRET_MIN 16
-
-static int parse_plain_decimal(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result);
-
-static cfg_opt_t redis_opts[] = {
-	CFG_STR("url", "redis://127.0.0.1:6379/0", CFGF_NONE),
-	CFG_STR("prefix", "cutover", CFGF_NONE),
-	CFG_END(),
-};
 
 static cfg_opt_t upstream_opts[] = {
 	CFG_STR("address", NULL, CFGF_NONE),
-	CFG_INT_CB("connect_timeout", 1000, CFGF_NONE, parse_plain_decimal),
-	CFG_INT_CB("read_timeout", 30000, CFGF_NONE, parse_plain_decimal),
-	CFG_INT_CB("write_timeout", 30000, CFGF_NONE, parse_plain_decimal),
-	CFG_INT_CB("keepalive", 64, CFGF_NONE, parse_plain_decimal),
+	CFG_INT_CB("connect_timeout", 1000, CFGF_NONE, conf_plain_decimal),
+	CFG_INT_CB("read_timeout", 30000, CFGF_NONE, conf_plain_decimal),
+	CFG_INT_CB("write_timeout", 30000, CFGF_NONE, conf_plain_decimal),
+	CFG_INT_CB("keepalive", 64, CFGF_NONE, conf_plain_decimal),
 	CFG_END(),
 };
 
 static cfg_opt_t limits_opts[] = {
-	CFG_INT_CB("header_bytes", 16384, CFGF_NONE, parse_plain_decimal),
-	CFG_INT_CB("body_bytes", 1048576, CFGF_NONE, parse_plain_decimal),
-	CFG_INT_CB("client_timeout", 60000, CFGF_NONE, parse_plain_decimal),
-	CFG_INT_CB("drain_timeout", 10000, CFGF_NONE, parse_plain_decimal),
-	CFG_INT_CB("ready_wait", 5000, CFGF_NONE, parse_plain_decimal),
-	CFG_INT_CB("migrate_backlog", 10000, CFGF_NONE, parse_plain_decimal),
-	CFG_INT_CB("seen_cache", 1000000, CFGF_NONE, parse_plain_decimal),
+	CFG_INT_CB("header_bytes", 16384, CFGF_NONE, conf_plain_decimal),
+	CFG_INT_CB("body_bytes", 1048576, CFGF_NONE, conf_plain_decimal),
+	CFG_INT_CB("client_timeout", 60000, CFGF_NONE, conf_plain_decimal),
+	CFG_INT_CB("drain_timeout", 10000, CFGF_NONE, conf_plain_decimal),
+	CFG_INT_CB("ready_wait", 5000, CFGF_NONE, conf_plain_decimal),
+	CFG_INT_CB("migrate_backlog", 10000, CFGF_NONE, conf_plain_decimal),
+	CFG_INT_CB("seen_cache", 1000000, CFGF_NONE, conf_plain_decimal),
 	CFG_END(),
 };
 
@@ -78,12 +48,12 @@ static cfg_opt_t route_opts[] = {
 	CFG_STR("write_flag", NULL, CFGF_NONE),
 	CFG_STR("no_user", "legacy", CFGF_NONE),
 	CFG_BOOL("read_fallback", cfg_false, CFGF_NONE),
-	CFG_INT_CB("breaker_failures", 5, CFGF_NONE, parse_plain_decimal),
-	CFG_INT_CB("breaker_open", 10000, CFGF_NONE, parse_plain_decimal),
+	CFG_INT_CB("breaker_failures", 5, CFGF_NONE, conf_plain_decimal),
+	CFG_INT_CB("breaker_open", 10000, CFGF_NONE, conf_plain_decimal),
 	CFG_BOOL("migrate", cfg_false, CFGF_NONE),
 	CFG_BOOL("read_guard", cfg_false, CFGF_NONE),
 	CFG_STR("unmigrated_writes", "legacy", CFGF_NONE),
-	CFG_INT_CB("migrate_wait", 2000, CFGF_NONE, parse_plain_decimal),
+	CFG_INT_CB("migrate_wait", 2000, CFGF_NONE, conf_plain_decimal),
 	CFG_STR("migrate_timeout", "legacy", CFGF_NONE),
 	CFG_END(),
 };
@@ -92,8 +62,8 @@ static cfg_opt_t root_opts[] = {
 	CFG_STR_LIST("listen", "{\"0.0.0.0:8080\"}", CFGF_NONE),
 	CFG_STR("admin_listen", "127.0.0.1:9901", CFGF_NONE),
 	CFG_STR("admin_token", NULL, CFGF_NONE),
-	CFG_INT_CB("workers", 0, CFGF_NONE, parse_plain_decimal),
-	CFG_SEC("redis", redis_opts, CFGF_NONE),
+	CFG_INT_CB("workers", 0, CFGF_NONE, conf_plain_decimal),
+	CFG_SEC("redis", conf_redis_opts, CFGF_NONE),
 	CFG_SEC("upstream", upstream_opts, CFGF_MULTI | CFGF_TITLE | CFGF_NO_TITLE_DUPES),
 	CFG_STR("default", "legacy", CFGF_NONE),
 	CFG_STR("force_header", NULL, CFGF_NONE),
@@ -115,225 +85,32 @@ static const struct {
 	{ "OPTIONS", METHOD_OPTIONS },
 };
 
-/* A line in the file: key is an option (the line it was set on) or a
- * section (the line it opened on). */
-struct line_mark {
-	const void *key;
-	int line;
-};
-
-struct loader {
-	const char *path;
-	cfg_t *root;
-	struct line_mark *marks;
-	size_t nmarks;
-	char *err;
-	size_t errlen;
-	bool failed;
-};
-
-static pthread_mutex_t loader_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct loader *active_loader; /* guarded by loader_lock */
-
 /* "legacy" or "service": how the file and the logs name an upstream. */
 const char *upstream_kind_name(enum upstream_kind kind)
 {
 	return kind == UPSTREAM_SERVICE ? "service" : "legacy";
 }
 
-/* Keeps the first error only, as "FILE:LINE: reason", or "FILE: reason"
- * when no line applies (line 0). */
-CUTOVER_PRINTF(3, 0)
-static void report_v(struct loader *ld, int line, const char *fmt, va_list ap)
-{
-	if (ld->failed)
-		return;
-	ld->failed = true;
-	int n = line > 0 ? snprintf(ld->err, ld->errlen, "%s:%d: ", ld->path, line)
-			 : snprintf(ld->err, ld->errlen, "%s: ", ld->path);
-	if (n >= 0 && (size_t)n < ld->errlen)
-		vsnprintf(ld->err + n, ld->errlen - (size_t)n, fmt, ap);
-}
-
-/* As report_v; returns -1 for the caller to pass on. */
-CUTOVER_PRINTF(3, 4)
-static int report(struct loader *ld, int line, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	report_v(ld, line, fmt, ap);
-	va_end(ap);
-	return -1;
-}
-
-/* libconfuse's error function: its messages carry no position, the line
- * is the one its parser stands on. */
-CUTOVER_PRINTF(2, 0)
-static void on_confuse_error(cfg_t *cfg, const char *fmt, va_list ap)
-{
-	report_v(active_loader, cfg->line, fmt, ap);
-}
-
-static struct line_mark *find_mark(const struct loader *ld, const void *key)
-{
-	for (size_t i = 0; i < ld->nmarks; i++)
-		if (ld->marks[i].key == key)
-			return &ld->marks[i];
-	return NULL;
-}
-
-static void add_mark(struct loader *ld, const void *key, int line)
-{
-	ld->marks = xrealloc(ld->marks, (ld->nmarks + 1) * sizeof(*ld->marks));
-	ld->marks[ld->nmarks++] = (struct line_mark){ key, line };
-}
-
-/* The line a section opened on; 0 for the file itself. A section whose
- * options were all left at their defaults has only its closing line. */
-static int section_line(const struct loader *ld, cfg_t *sec)
-{
-	if (sec == ld->root)
-		return 0;
-	const struct line_mark *m = find_mark(ld, sec);
-	return m ? m->line : sec->line;
-}
-
-/* The line an option was set on, or its section's when it was not. */
-static int option_line(const struct loader *ld, cfg_t *sec, const char *name)
-{
-	const struct line_mark *m = find_mark(ld, cfg_getopt(sec, name));
-	return m ? m->line : section_line(ld, sec);
-}
-
-/* How messages name an option ("workers", "limits: body_bytes",
- * "route me: path") or, when name is NULL, a section ("route me"). */
-static void name_option(const struct loader *ld, cfg_t *sec, const char *name, char *out,
-			size_t outlen)
-{
-	const char *title = cfg_title(sec);
-	int n = 0;
-	out[0] = '\0';
-	if (sec != ld->root && title != NULL)
-		n = snprintf(out, outlen, "%s %s", cfg_name(sec), title);
-	else if (sec != ld->root)
-		n = snprintf(out, outlen, "%s", cfg_name(sec));
-	if (name != NULL && n >= 0 && (size_t)n < outlen)
-		snprintf(out + n, outlen - (size_t)n, "%s%s", n > 0 ? ": " : "", name);
-}
-
-/* Reports a problem with option name of sec (or with sec itself when name
- * is NULL) on the line it was set on. Returns -1. */
-CUTOVER_PRINTF(4, 5)
-static int fail(struct loader *ld, cfg_t *sec, const char *name, const char *fmt, ...)
-{
-	char what[WHAT_MAX], why[WHY_MAX];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(why, sizeof(why), fmt, ap);
-	va_end(ap);
-	name_option(ld, sec, name, what, sizeof(what));
-	int line = name ? option_line(ld, sec, name) : section_line(ld, sec);
-	return report(ld, line, "%s: %s", what, why);
-}
-
-/*
- * libconfuse's validate callback, installed on every option. It runs when
- * a value has been stored (for a list, after each element and at the
- * closing brace) while cfg->line is still the option's line, and records
- * it; for a section it also records the line the section opened on, which
- * the root's line still holds while a section is being parsed. A plain
- * option set twice in one section is refused: the second would silently
- * win.
- */
-static int note_option(cfg_t *cfg, cfg_opt_t *opt)
-{
-	struct loader *ld = active_loader;
-	if (cfg != ld->root && find_mark(ld, cfg) == NULL)
-		add_mark(ld, cfg, ld->root->line);
-	struct line_mark *m = find_mark(ld, opt);
-	if (m == NULL) {
-		add_mark(ld, opt, cfg->line);
-		return 0;
-	}
-	if (!(opt->flags & CFGF_LIST)) {
-		char what[WHAT_MAX];
-		name_option(ld, cfg, opt->name, what, sizeof(what));
-		cfg_error(cfg, "%s: set twice (first on line %d)", what, m->line);
-		return -1;
-	}
-	if (opt->nvalues == 1) /* the first element of a new list */
-		m->line = cfg->line;
-	return 0;
-}
-
-static bool is_digit(char c)
-{
-	return c >= '0' && c <= '9';
-}
-
-static bool is_word_char(char c)
-{
-	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(c) || c == '_';
-}
-
 /* RFC 9110 token characters: header and cookie names. */
 static bool is_token_char(char c)
 {
-	return is_word_char(c) || (c != '\0' && strchr("!#$%&'*+-.^`|~", c) != NULL);
-}
-
-static bool is_visible(char c)
-{
-	return c > ' ' && c < 0x7f;
+	return conf_is_word_char(c) || (c != '\0' && strchr("!#$%&'*+-.^`|~", c) != NULL);
 }
 
 static bool is_host_char(char c)
 {
-	return is_word_char(c) || c == '-' || c == '.';
+	return conf_is_word_char(c) || c == '-' || c == '.';
 }
 
 static bool is_query_char(char c)
 {
-	return is_visible(c) && c != '&' && c != '=' && c != '#';
+	return conf_is_visible(c) && c != '&' && c != '=' && c != '#';
 }
 
 static bool is_literal_char(char c)
 {
-	return is_visible(c) && strchr("?#{}*", c) == NULL;
+	return conf_is_visible(c) && strchr("?#{}*", c) == NULL;
 }
-
-/* How many of the first len bytes of s pass ok, from the start. */
-static size_t span(const char *s, size_t len, bool (*ok)(char))
-{
-	size_t n = 0;
-	while (n < len && ok(s[n]))
-		n++;
-	return n;
-}
-
-/* Whether s is not empty and every byte passes ok. */
-static bool all_of(const char *s, bool (*ok)(char))
-{
-	size_t len = strlen(s);
-	return len > 0 && span(s, len, ok) == len;
-}
-
-/* libconfuse's integer parser reads "010" as octal, "0x10" as hex, and
- * can take a stale errno for an overflow; sizes and durations here are
- * plain decimal. Ranges are checked after parsing. */
-static int parse_plain_decimal(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result)
-{
-	size_t len = strlen(value);
-	if (len == 0 || len > 18 || span(value, len, is_digit) != len) {
-		char what[WHAT_MAX];
-		name_option(active_loader, cfg, opt->name, what, sizeof(what));
-		cfg_error(cfg, "%s: '%s' is not a decimal number", what, value);
-		return -1;
-	}
-	*(long *)result = strtol(value, NULL, 10);
-	return 0;
-}
-
 
 /* Parses "host:port" or "[IPv6]:port" into *host (a new string, without
  * the brackets) and *port. */
@@ -359,7 +136,7 @@ static int parse_address(const char *text, char **host, int *port, char *why, si
 			goto fail;
 		}
 	} else {
-		if (hlen == 0 || span(h, hlen, is_host_char) != hlen) {
+		if (hlen == 0 || conf_span(h, hlen, is_host_char) != hlen) {
 			snprintf(why, whylen,
 				 "'%.*s' is not a host name or IPv4 address (IPv6 goes in brackets: [::1]:8080)",
 				 (int)hlen, h);
@@ -379,22 +156,12 @@ fail:
 }
 
 /* Reads one address (text, from option name of sec) into *host, *port. */
-static int get_address(struct loader *ld, cfg_t *sec, const char *name, const char *text,
+static int get_address(struct conf_loader *ld, cfg_t *sec, const char *name, const char *text,
 		       char **host, int *port)
 {
 	char why[WHY_MAX];
 	if (parse_address(text, host, port, why, sizeof(why)) < 0)
-		return fail(ld, sec, name, "%s", why);
-	return 0;
-}
-
-/* Reads integer option name of sec into *out, requiring min..max. */
-static int get_int(struct loader *ld, cfg_t *sec, const char *name, long min, long max, int *out)
-{
-	long v = cfg_getint(sec, name);
-	if (v < min || v > max)
-		return fail(ld, sec, name, "must be in %ld..%ld, not %ld", min, max, v);
-	*out = (int)v;
+		return conf_fail(ld, sec, name, "%s", why);
 	return 0;
 }
 
@@ -411,23 +178,23 @@ static int parse_kind(const char *text, enum upstream_kind *out)
 }
 
 /* Reads "legacy" or "service" from option name of sec. */
-static int get_kind(struct loader *ld, cfg_t *sec, const char *name, enum upstream_kind *out)
+static int get_kind(struct conf_loader *ld, cfg_t *sec, const char *name, enum upstream_kind *out)
 {
 	const char *text = cfg_getstr(sec, name);
 	if (parse_kind(text, out) < 0)
-		return fail(ld, sec, name, "must be legacy or service, not '%s'", text);
+		return conf_fail(ld, sec, name, "must be legacy or service, not '%s'", text);
 	return 0;
 }
 
 /* Reads an optional flag name: *out stays NULL when the option is unset. */
-static int get_flag(struct loader *ld, cfg_t *sec, const char *name, char **out)
+static int get_flag(struct conf_loader *ld, cfg_t *sec, const char *name, char **out)
 {
 	const char *text = cfg_getstr(sec, name);
 	char why[WHY_MAX];
 	if (text == NULL)
 		return 0;
 	if (flag_name_check(text, why, sizeof(why)) < 0)
-		return fail(ld, sec, name, "flag name '%s' %s", text, why);
+		return conf_fail(ld, sec, name, "flag name '%s' %s", text, why);
 	*out = xstrdup(text);
 	return 0;
 }
@@ -443,11 +210,11 @@ static int online_cpus(void)
 
 /* listen, admin_listen, admin_token and workers (0 resolved to the number
  * of online CPUs). */
-static int build_server(struct loader *ld, cfg_t *root, struct proxy_config *cfg)
+static int build_server(struct conf_loader *ld, cfg_t *root, struct proxy_config *cfg)
 {
 	unsigned n = cfg_size(root, "listen");
 	if (n == 0)
-		return fail(ld, root, "listen", "needs at least one address");
+		return conf_fail(ld, root, "listen", "needs at least one address");
 	cfg->listen = xcalloc(n, sizeof(*cfg->listen));
 	cfg->nlisten = n;
 	for (unsigned i = 0; i < n; i++) {
@@ -459,51 +226,34 @@ static int build_server(struct loader *ld, cfg_t *root, struct proxy_config *cfg
 			&cfg->admin.port) < 0)
 		return -1;
 	const char *token = cfg_getstr(root, "admin_token");
-	if (token != NULL && !all_of(token, is_visible))
-		return fail(ld, root, "admin_token", "must be visible characters, without spaces");
+	if (token != NULL && !conf_all_of(token, conf_is_visible))
+		return conf_fail(ld, root, "admin_token", "must be visible characters, without spaces");
 	cfg->admin_token = token ? xstrdup(token) : NULL;
 	int workers = 0;
-	if (get_int(ld, root, "workers", 0, WORKERS_MAX, &workers) < 0)
+	if (conf_get_int(ld, root, "workers", 0, WORKERS_MAX, &workers) < 0)
 		return -1;
 	cfg->workers = workers > 0 ? workers : online_cpus();
 	return 0;
 }
 
-/* The redis { } section: the URL must parse (it is kept as written). */
-static int build_redis(struct loader *ld, cfg_t *sec, struct proxy_config *cfg)
-{
-	const char *url = cfg_getstr(sec, "url"), *prefix = cfg_getstr(sec, "prefix");
-	struct redis_url parsed;
-	char why[WHY_MAX];
-	if (redis_url_parse(url, &parsed, why, sizeof(why)) < 0)
-		return fail(ld, sec, "url", "%s", why);
-	redis_url_free(&parsed);
-	if (!all_of(prefix, is_visible) || strlen(prefix) > REDIS_PREFIX_MAX)
-		return fail(ld, sec, "prefix", "must be 1 to %d visible characters, without spaces",
-			    REDIS_PREFIX_MAX);
-	cfg->redis_url = xstrdup(url);
-	cfg->redis_prefix = xstrdup(prefix);
-	return 0;
-}
-
 /* One upstream { } section; its address is required. */
-static int build_upstream(struct loader *ld, cfg_t *sec, struct upstream_config *u)
+static int build_upstream(struct conf_loader *ld, cfg_t *sec, struct upstream_config *u)
 {
 	const char *address = cfg_getstr(sec, "address");
 	if (address == NULL)
-		return fail(ld, sec, NULL, "address is required");
+		return conf_fail(ld, sec, NULL, "address is required");
 	if (get_address(ld, sec, "address", address, &u->host, &u->port) < 0 ||
-	    get_int(ld, sec, "connect_timeout", 1, DURATION_MAX, &u->connect_timeout_ms) < 0 ||
-	    get_int(ld, sec, "read_timeout", 1, DURATION_MAX, &u->read_timeout_ms) < 0 ||
-	    get_int(ld, sec, "write_timeout", 1, DURATION_MAX, &u->write_timeout_ms) < 0 ||
-	    get_int(ld, sec, "keepalive", 0, 10000, &u->keepalive) < 0)
+	    conf_get_int(ld, sec, "connect_timeout", 1, CONF_DURATION_MAX, &u->connect_timeout_ms) < 0 ||
+	    conf_get_int(ld, sec, "read_timeout", 1, CONF_DURATION_MAX, &u->read_timeout_ms) < 0 ||
+	    conf_get_int(ld, sec, "write_timeout", 1, CONF_DURATION_MAX, &u->write_timeout_ms) < 0 ||
+	    conf_get_int(ld, sec, "keepalive", 0, 10000, &u->keepalive) < 0)
 		return -1;
 	return 0;
 }
 
 /* Exactly one "upstream legacy" and one "upstream service" (libconfuse
  * refuses a title given twice). */
-static int build_upstreams(struct loader *ld, cfg_t *root, struct proxy_config *cfg)
+static int build_upstreams(struct conf_loader *ld, cfg_t *root, struct proxy_config *cfg)
 {
 	bool seen[UPSTREAM_COUNT] = { false };
 	unsigned n = cfg_size(root, "upstream");
@@ -511,33 +261,33 @@ static int build_upstreams(struct loader *ld, cfg_t *root, struct proxy_config *
 		cfg_t *sec = cfg_getnsec(root, "upstream", i);
 		enum upstream_kind kind;
 		if (parse_kind(cfg_title(sec), &kind) < 0)
-			return fail(ld, sec, NULL, "an upstream is named legacy or service");
+			return conf_fail(ld, sec, NULL, "an upstream is named legacy or service");
 		seen[kind] = true;
 		if (build_upstream(ld, sec, &cfg->upstreams[kind]) < 0)
 			return -1;
 	}
 	for (int k = 0; k < UPSTREAM_COUNT; k++)
 		if (!seen[k])
-			return report(ld, 0, "upstream %s { address = \"host:port\" } is missing",
+			return conf_report(ld, 0, "upstream %s { address = \"host:port\" } is missing",
 				      upstream_kind_name((enum upstream_kind)k));
 	return 0;
 }
 
 /* force_header and force_secret (both or neither), and route_header. */
-static int build_headers(struct loader *ld, cfg_t *root, struct proxy_config *cfg)
+static int build_headers(struct conf_loader *ld, cfg_t *root, struct proxy_config *cfg)
 {
 	const char *header = cfg_getstr(root, "force_header");
 	const char *secret = cfg_getstr(root, "force_secret");
 	cfg->route_header = cfg_getbool(root, "route_header");
 	if ((header == NULL) != (secret == NULL))
-		return fail(ld, root, header ? "force_header" : "force_secret",
+		return conf_fail(ld, root, header ? "force_header" : "force_secret",
 			    "force_header and force_secret go together: set both or neither");
 	if (header == NULL)
 		return 0;
-	if (!all_of(header, is_token_char))
-		return fail(ld, root, "force_header", "'%s' is not a header name", header);
-	if (strlen(secret) < FORCE_SECRET_MIN || !all_of(secret, is_visible))
-		return fail(ld, root, "force_secret", "must be at least %d visible characters, without spaces",
+	if (!conf_all_of(header, is_token_char))
+		return conf_fail(ld, root, "force_header", "'%s' is not a header name", header);
+	if (strlen(secret) < FORCE_SECRET_MIN || !conf_all_of(secret, conf_is_visible))
+		return conf_fail(ld, root, "force_secret", "must be at least %d visible characters, without spaces",
 			    FORCE_SECRET_MIN);
 	cfg->force_header = xstrdup(header);
 	cfg->force_secret = xstrdup(secret);
@@ -545,16 +295,16 @@ static int build_headers(struct loader *ld, cfg_t *root, struct proxy_config *cf
 }
 
 /* The limits { } section. */
-static int build_limits(struct loader *ld, cfg_t *sec, struct proxy_config *cfg)
+static int build_limits(struct conf_loader *ld, cfg_t *sec, struct proxy_config *cfg)
 {
 	int header_bytes = 0, body_bytes = 0;
-	if (get_int(ld, sec, "header_bytes", 1024, 1048576, &header_bytes) < 0 ||
-	    get_int(ld, sec, "body_bytes", 0, 1073741824, &body_bytes) < 0 ||
-	    get_int(ld, sec, "client_timeout", 1, DURATION_MAX, &cfg->client_timeout_ms) < 0 ||
-	    get_int(ld, sec, "drain_timeout", 1, DURATION_MAX, &cfg->drain_timeout_ms) < 0 ||
-	    get_int(ld, sec, "ready_wait", 1, DURATION_MAX, &cfg->ready_wait_ms) < 0 ||
-	    get_int(ld, sec, "migrate_backlog", 1, 1000000, &cfg->migrate_backlog) < 0 ||
-	    get_int(ld, sec, "seen_cache", 0, 100000000, &cfg->seen_cache) < 0)
+	if (conf_get_int(ld, sec, "header_bytes", 1024, 1048576, &header_bytes) < 0 ||
+	    conf_get_int(ld, sec, "body_bytes", 0, 1073741824, &body_bytes) < 0 ||
+	    conf_get_int(ld, sec, "client_timeout", 1, CONF_DURATION_MAX, &cfg->client_timeout_ms) < 0 ||
+	    conf_get_int(ld, sec, "drain_timeout", 1, CONF_DURATION_MAX, &cfg->drain_timeout_ms) < 0 ||
+	    conf_get_int(ld, sec, "ready_wait", 1, CONF_DURATION_MAX, &cfg->ready_wait_ms) < 0 ||
+	    conf_get_int(ld, sec, "migrate_backlog", 1, 1000000, &cfg->migrate_backlog) < 0 ||
+	    conf_get_int(ld, sec, "seen_cache", 0, 100000000, &cfg->seen_cache) < 0)
 		return -1;
 	cfg->max_header_bytes = (size_t)header_bytes;
 	cfg->max_body_bytes = (size_t)body_bytes;
@@ -562,15 +312,15 @@ static int build_limits(struct loader *ld, cfg_t *sec, struct proxy_config *cfg)
 }
 
 /* access_log and log_level. */
-static int build_logging(struct loader *ld, cfg_t *root, struct proxy_config *cfg)
+static int build_logging(struct conf_loader *ld, cfg_t *root, struct proxy_config *cfg)
 {
 	const char *access_log = cfg_getstr(root, "access_log");
 	const char *level = cfg_getstr(root, "log_level");
 	if (strcmp(access_log, "stderr") != 0 && strcmp(access_log, "off") != 0 && access_log[0] != '/')
-		return fail(ld, root, "access_log", "must be \"stderr\", \"off\" or an absolute path, not '%s'",
+		return conf_fail(ld, root, "access_log", "must be \"stderr\", \"off\" or an absolute path, not '%s'",
 			    access_log);
 	if (log_level_parse(level, &cfg->log_level) < 0)
-		return fail(ld, root, "log_level", "must be error, warn, info or debug, not '%s'", level);
+		return conf_fail(ld, root, "log_level", "must be error, warn, info or debug, not '%s'", level);
 	cfg->access_log = xstrdup(access_log);
 	return 0;
 }
@@ -595,7 +345,7 @@ static int parse_segment(const char *seg, size_t len, struct route *r, char *why
 		return -1;
 	}
 	if (seg[0] != '{') {
-		size_t ok = span(seg, len, is_literal_char);
+		size_t ok = conf_span(seg, len, is_literal_char);
 		if (ok < len) {
 			snprintf(why, whylen, "segment '%.*s': %s", (int)len, seg, literal_problem(seg[ok]));
 			return -1;
@@ -604,7 +354,7 @@ static int parse_segment(const char *seg, size_t len, struct route *r, char *why
 		return 0;
 	}
 	size_t namelen = len >= 2 ? len - 2 : 0;
-	if (namelen == 0 || seg[len - 1] != '}' || span(seg + 1, namelen, is_word_char) != namelen) {
+	if (namelen == 0 || seg[len - 1] != '}' || conf_span(seg + 1, namelen, conf_is_word_char) != namelen) {
 		snprintf(why, whylen, "segment '%.*s': a {parameter} is named with letters, digits and '_'",
 			 (int)len, seg);
 		return -1;
@@ -683,12 +433,12 @@ static const struct {
 	const char *noun;
 	bool (*ok)(char);
 } source_kinds[] = {
-	[USER_FROM_PATH] = { "path:", "path parameter", is_word_char },
+	[USER_FROM_PATH] = { "path:", "path parameter", conf_is_word_char },
 	[USER_FROM_HEADER] = { "header:", "header", is_token_char },
 	[USER_FROM_COOKIE] = { "cookie:", "cookie", is_token_char },
 	[USER_FROM_QUERY] = { "query:", "query parameter", is_query_char },
-	[USER_FROM_JWT] = { "jwt:", "claim", is_visible },
-	[USER_FROM_BODY] = { "body:", "field", is_visible },
+	[USER_FROM_JWT] = { "jwt:", "claim", conf_is_visible },
+	[USER_FROM_BODY] = { "body:", "field", conf_is_visible },
 };
 
 /* Parses one user source, "kind:NAME", into *out (out->name is new). */
@@ -705,7 +455,7 @@ static int parse_source(const char *text, struct user_source *out, char *why, si
 		return -1;
 	}
 	const char *name = text + strlen(source_kinds[k].prefix);
-	bool ok = all_of(name, source_kinds[k].ok);
+	bool ok = conf_all_of(name, source_kinds[k].ok);
 	if (k == USER_FROM_BODY) /* dotted for nesting, each part non-empty */
 		ok = ok && name[0] != '.' && name[strlen(name) - 1] != '.' && strstr(name, "..") == NULL;
 	if (!ok) {
@@ -718,12 +468,12 @@ static int parse_source(const char *text, struct user_source *out, char *why, si
 }
 
 /* The route's methods, as METHOD_* bits in *out; at least one. */
-static int get_methods(struct loader *ld, cfg_t *sec, unsigned *out)
+static int get_methods(struct conf_loader *ld, cfg_t *sec, unsigned *out)
 {
 	unsigned n = cfg_size(sec, "methods");
 	size_t nnames = sizeof(method_names) / sizeof(method_names[0]);
 	if (n == 0)
-		return fail(ld, sec, "methods", "needs at least one method");
+		return conf_fail(ld, sec, "methods", "needs at least one method");
 	*out = 0;
 	for (unsigned i = 0; i < n; i++) {
 		const char *name = cfg_getnstr(sec, "methods", i);
@@ -731,7 +481,7 @@ static int get_methods(struct loader *ld, cfg_t *sec, unsigned *out)
 		while (m < nnames && strcmp(name, method_names[m].name) != 0)
 			m++;
 		if (m == nnames)
-			return fail(ld, sec, "methods", "'%s' is not one of GET HEAD POST PUT PATCH DELETE OPTIONS", name);
+			return conf_fail(ld, sec, "methods", "'%s' is not one of GET HEAD POST PUT PATCH DELETE OPTIONS", name);
 		*out |= method_names[m].bit;
 	}
 	return 0;
@@ -739,68 +489,68 @@ static int get_methods(struct loader *ld, cfg_t *sec, unsigned *out)
 
 /* The route's user sources, in order, into r->sources; at least one, and
  * a path: source must name a {parameter} of r's path (parsed already). */
-static int get_sources(struct loader *ld, cfg_t *sec, struct route *r)
+static int get_sources(struct conf_loader *ld, cfg_t *sec, struct route *r)
 {
 	unsigned n = cfg_size(sec, "user");
 	char why[WHY_MAX];
 	if (n == 0)
-		return fail(ld, sec, "user", "needs at least one source (path:, header:, cookie:, query:, jwt: or body:)");
+		return conf_fail(ld, sec, "user", "needs at least one source (path:, header:, cookie:, query:, jwt: or body:)");
 	r->sources = xcalloc(n, sizeof(*r->sources));
 	for (unsigned i = 0; i < n; i++) {
 		const char *text = cfg_getnstr(sec, "user", i);
 		struct user_source *s = &r->sources[r->nsources++];
 		if (parse_source(text, s, why, sizeof(why)) < 0)
-			return fail(ld, sec, "user", "%s", why);
+			return conf_fail(ld, sec, "user", "%s", why);
 		if (s->kind == USER_FROM_PATH && !has_param(r, s->name))
-			return fail(ld, sec, "user", "source '%s': the path '%s' has no {%s}", text, r->path, s->name);
+			return conf_fail(ld, sec, "user", "source '%s': the path '%s' has no {%s}", text, r->path, s->name);
 	}
 	return 0;
 }
 
 /* One route { } section into r, which owns what is allocated even when
  * this fails. */
-static int build_route(struct loader *ld, cfg_t *sec, struct route *r)
+static int build_route(struct conf_loader *ld, cfg_t *sec, struct route *r)
 {
 	const char *path = cfg_getstr(sec, "path");
 	char why[WHY_MAX];
 	r->name = xstrdup(cfg_title(sec));
-	r->line = section_line(ld, sec);
+	r->line = conf_section_line(ld, sec);
 	if (flag_name_check(r->name, why, sizeof(why)) < 0)
-		return fail(ld, sec, NULL, "a route name %s", why);
+		return conf_fail(ld, sec, NULL, "a route name %s", why);
 	if (get_methods(ld, sec, &r->methods) < 0)
 		return -1;
 	if (path == NULL)
-		return fail(ld, sec, NULL, "path is required");
+		return conf_fail(ld, sec, NULL, "path is required");
 	r->path = xstrdup(path);
 	if (parse_path(path, r, why, sizeof(why)) < 0)
-		return fail(ld, sec, "path", "'%s' %s", path, why);
+		return conf_fail(ld, sec, "path", "'%s' %s", path, why);
 	if (get_sources(ld, sec, r) < 0 || get_flag(ld, sec, "read_flag", &r->read_flag) < 0 ||
 	    get_flag(ld, sec, "write_flag", &r->write_flag) < 0)
 		return -1;
 	if (r->read_flag == NULL && r->write_flag == NULL)
-		return fail(ld, sec, NULL, "routes nothing to the service: set read_flag, write_flag or both");
+		return conf_fail(ld, sec, NULL, "routes nothing to the service: set read_flag, write_flag or both");
 	r->read_fallback = cfg_getbool(sec, "read_fallback");
 	r->migrate = cfg_getbool(sec, "migrate");
 	r->read_guard = cfg_getbool(sec, "read_guard");
 	const char *writes = cfg_getstr(sec, "unmigrated_writes"), *timeout = cfg_getstr(sec, "migrate_timeout");
 	if (strcmp(writes, "legacy") != 0 && strcmp(writes, "migrate-first") != 0)
-		return fail(ld, sec, "unmigrated_writes", "must be legacy or migrate-first, not '%s'", writes);
+		return conf_fail(ld, sec, "unmigrated_writes", "must be legacy or migrate-first, not '%s'", writes);
 	r->migrate_first = strcmp(writes, "migrate-first") == 0;
 	if (r->migrate_first && !(r->migrate && r->read_guard))
-		return fail(ld, sec, "unmigrated_writes", "migrate-first needs migrate = true and read_guard = true");
+		return conf_fail(ld, sec, "unmigrated_writes", "migrate-first needs migrate = true and read_guard = true");
 	if (strcmp(timeout, "legacy") != 0 && strcmp(timeout, "503") != 0)
-		return fail(ld, sec, "migrate_timeout", "must be legacy or 503, not '%s'", timeout);
+		return conf_fail(ld, sec, "migrate_timeout", "must be legacy or 503, not '%s'", timeout);
 	r->migrate_timeout_status = strcmp(timeout, "503") == 0 ? 503 : 0;
 	if (get_kind(ld, sec, "no_user", &r->no_user) < 0 ||
-	    get_int(ld, sec, "breaker_failures", 1, 1000, &r->breaker_failures) < 0 ||
-	    get_int(ld, sec, "breaker_open", 1, DURATION_MAX, &r->breaker_open_ms) < 0 ||
-	    get_int(ld, sec, "migrate_wait", 1, DURATION_MAX, &r->migrate_wait_ms) < 0)
+	    conf_get_int(ld, sec, "breaker_failures", 1, 1000, &r->breaker_failures) < 0 ||
+	    conf_get_int(ld, sec, "breaker_open", 1, CONF_DURATION_MAX, &r->breaker_open_ms) < 0 ||
+	    conf_get_int(ld, sec, "migrate_wait", 1, CONF_DURATION_MAX, &r->migrate_wait_ms) < 0)
 		return -1;
 	return 0;
 }
 
 /* Every route { } section, in file order: the order they are tried in. */
-static int build_routes(struct loader *ld, cfg_t *root, struct proxy_config *cfg)
+static int build_routes(struct conf_loader *ld, cfg_t *root, struct proxy_config *cfg)
 {
 	unsigned n = cfg_size(root, "route");
 	if (n == 0)
@@ -814,10 +564,11 @@ static int build_routes(struct loader *ld, cfg_t *root, struct proxy_config *cfg
 }
 
 /* Checks everything libconfuse does not, roughly in the order of the
- * shipped file, filling cfg. */
-static int build_config(struct loader *ld, cfg_t *root, struct proxy_config *cfg)
+ * shipped file, filling the struct proxy_config at arg. */
+static int build_config(struct conf_loader *ld, cfg_t *root, void *arg)
 {
-	if (build_server(ld, root, cfg) < 0 || build_redis(ld, cfg_getsec(root, "redis"), cfg) < 0 ||
+	struct proxy_config *cfg = arg;
+	if (build_server(ld, root, cfg) < 0 || conf_get_redis(ld, cfg_getsec(root, "redis"), &cfg->redis_url, &cfg->redis_prefix) < 0 ||
 	    build_upstreams(ld, root, cfg) < 0 || get_kind(ld, root, "default", &cfg->default_upstream) < 0 ||
 	    build_headers(ld, root, cfg) < 0 ||
 	    build_limits(ld, cfg_getsec(root, "limits"), cfg) < 0 || build_logging(ld, root, cfg) < 0 ||
@@ -868,103 +619,6 @@ static void config_free(struct proxy_config *cfg)
 	free(cfg);
 }
 
-/* Installs note_option on every option, in sections that exist already
- * and in those the file will add. */
-static void watch_options(cfg_t *root)
-{
-	char name[64];
-	for (cfg_opt_t *o = root->opts; o->name != NULL; o++) {
-		if (o->type != CFGT_SEC) {
-			cfg_set_validate_func(root, o->name, note_option);
-			continue;
-		}
-		for (cfg_opt_t *s = o->subopts; s->name != NULL; s++) {
-			snprintf(name, sizeof(name), "%s|%s", o->name, s->name);
-			cfg_set_validate_func(root, name, note_option);
-		}
-	}
-}
-
-#define CONFIG_FILE_MAX (1 << 20)
-
-/* Replaces the comments of text (#, // and C comments, outside quoted
- * strings) with spaces, keeping every newline, so that libconfuse counts
- * lines right. */
-static void blank_comments(char *text)
-{
-	enum { CODE, DOUBLE_QUOTED, SINGLE_QUOTED, LINE_COMMENT, BLOCK_COMMENT } state = CODE;
-	for (char *p = text; *p; p++) {
-		switch (state) {
-		case CODE:
-			if (*p == '"' || *p == '\'') {
-				state = *p == '"' ? DOUBLE_QUOTED : SINGLE_QUOTED;
-			} else if (*p == '#' || (p[0] == '/' && p[1] == '/')) {
-				state = LINE_COMMENT;
-				*p = ' ';
-			} else if (p[0] == '/' && p[1] == '*') {
-				state = BLOCK_COMMENT;
-				p[0] = p[1] = ' ';
-				p++;
-			}
-			break;
-		case DOUBLE_QUOTED:
-		case SINGLE_QUOTED:
-			if (*p == '\\' && p[1] != '\0')
-				p++;
-			else if (*p == (state == DOUBLE_QUOTED ? '"' : '\''))
-				state = CODE;
-			break;
-		case LINE_COMMENT:
-			if (*p == '\n')
-				state = CODE;
-			else
-				*p = ' ';
-			break;
-		case BLOCK_COMMENT:
-			if (p[0] == '*' && p[1] == '/') {
-				p[0] = p[1] = ' ';
-				p++;
-				state = CODE;
-			} else if (*p != '\n') {
-				*p = ' ';
-			}
-			break;
-		}
-	}
-}
-
-/* Reads the whole file (a regular file of at most 1 MiB; flex would end
- * the process on a read error, as reading a directory causes). Returns
- * the text with comments blanked (caller frees), or NULL after report. */
-static char *read_config(struct loader *ld)
-{
-	FILE *fp = fopen(ld->path, "r");
-	struct stat st;
-	if (fp == NULL) {
-		report(ld, 0, "cannot open: %s", strerror(errno));
-		return NULL;
-	}
-	char *text = NULL;
-	if (fstat(fileno(fp), &st) < 0 || !S_ISREG(st.st_mode)) {
-		report(ld, 0, "not a regular file");
-	} else if (st.st_size > CONFIG_FILE_MAX) {
-		report(ld, 0, "larger than %d bytes", CONFIG_FILE_MAX);
-	} else {
-		text = xmalloc((size_t)st.st_size + 1);
-		size_t n = fread(text, 1, (size_t)st.st_size, fp);
-		if (ferror(fp) || memchr(text, '\0', n) != NULL) {
-			report(ld, 0, ferror(fp) ? "cannot read: %s" : "contains a NUL byte", strerror(errno));
-			free(text);
-			text = NULL;
-		} else {
-			text[n] = '\0';
-			blank_comments(text);
-		}
-	}
-	fclose(fp);
-	return text;
-}
-
 /*
  * Reads and checks the configuration file at path. Returns 0 and a new
  * configuration in *out (one reference, released with config_unref; it
@@ -973,42 +627,15 @@ static char *read_config(struct loader *ld)
  */
 int config_load(const char *path, struct proxy_config **out, char *err, size_t errlen)
 {
-	struct loader ld = { .path = path, .err = err, .errlen = errlen };
-	struct proxy_config *cfg = NULL;
-	int rc = -1;
-	char *text = read_config(&ld);
-	if (text == NULL)
-		return -1;
-	pthread_mutex_lock(&loader_lock);
-	active_loader = &ld;
-	ld.root = cfg_init(root_opts, CFGF_NONE);
-	if (ld.root == NULL) {
-		report(&ld, 0, "out of memory");
-		goto done;
-	}
-	cfg_set_error_function(ld.root, on_confuse_error);
-	watch_options(ld.root);
-	if (cfg_parse_buf(ld.root, text) != CFG_SUCCESS) {
-		report(&ld, 0, "cannot parse"); /* only if libconfuse said nothing */
-		goto done;
-	}
-	cfg = xcalloc(1, sizeof(*cfg));
+	struct proxy_config *cfg = xcalloc(1, sizeof(*cfg));
 	atomic_init(&cfg->refs, 1);
 	cfg->path = xstrdup(path);
-	if (build_config(&ld, ld.root, cfg) < 0)
-		goto done;
+	if (conf_load(path, root_opts, build_config, cfg, err, errlen) < 0) {
+		config_free(cfg);
+		return -1;
+	}
 	*out = cfg;
-	cfg = NULL;
-	rc = 0;
-done:
-	config_free(cfg);
-	if (ld.root != NULL)
-		cfg_free(ld.root);
-	active_loader = NULL;
-	pthread_mutex_unlock(&loader_lock);
-	free(ld.marks);
-	free(text);
-	return rc;
+	return 0;
 }
 
 /* Takes another reference to cfg, for another thread; returns cfg. */

@@ -1,0 +1,253 @@
+/*
+ * legacy.c - reads users from the legacy collection, a batch with one
+ * find, through a mongoc client pool; and the MongoDB helpers the mongo
+ * sink uses too: URI checks, pools with our timeouts, mongoc's log
+ * routed into ours.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "migrator/migrator.h"
+
+#define SELECT_TIMEOUT_MS 5000  /* unless the URI says otherwise */
+#define LEGACY_SOCKET_TIMEOUT_MS 30000
+#define OID_HEX_LEN 24
+
+struct legacy {
+	mongoc_client_pool_t *pool;
+	const char *database;
+	const char *collection;
+	enum legacy_id_type id_type;
+	bson_t *projection; /* NULL: whole documents */
+};
+
+/* One requested id, in the order legacy_load looks documents up. */
+struct wanted {
+	char key[USER_ID_MAX + 1]; /* the id, or an ObjectId's lowercase hex */
+	struct delivery *d;
+};
+
+/* Whether uri parses as a MongoDB connection string. The message leaves
+ * the URI out: it may hold a password. */
+int mongo_uri_check(const char *uri, char *why, size_t whylen)
+{
+	bson_error_t error;
+	mongoc_uri_t *u = mongoc_uri_new_with_error(uri, &error);
+	if (u == NULL) {
+		snprintf(why, whylen, "not a MongoDB URI: %s", error.message);
+		return -1;
+	}
+	mongoc_uri_destroy(u);
+	return 0;
+}
+
+/*
+ * A client pool for uri, with serverSelectionTimeoutMS of 5 s and
+ * socketTimeoutMS of socket_ms unless the URI sets them, so that an
+ * unreachable server is reported in seconds rather than minutes. Returns
+ * the pool (the caller destroys it), or NULL with err.
+ */
+mongoc_client_pool_t *mongo_pool_new(const char *uri, int socket_ms, char *err, size_t errlen)
+{
+	bson_error_t error;
+	mongoc_uri_t *u = mongoc_uri_new_with_error(uri, &error);
+	if (u == NULL) {
+		snprintf(err, errlen, "not a MongoDB URI: %s", error.message);
+		return NULL;
+	}
+	if (!mongoc_uri_has_option(u, MONGOC_URI_SERVERSELECTIONTIMEOUTMS))
+		mongoc_uri_set_option_as_int32(u, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, SELECT_TIMEOUT_MS);
+	if (!mongoc_uri_has_option(u, MONGOC_URI_SOCKETTIMEOUTMS))
+		mongoc_uri_set_option_as_int32(u, MONGOC_URI_SOCKETTIMEOUTMS, socket_ms);
+	if (!mongoc_uri_has_option(u, MONGOC_URI_APPNAME))
+		mongoc_uri_set_appname(u, "cutover-migrate");
+	mongoc_client_pool_t *pool = mongoc_client_pool_new_with_error(u, &error);
+	mongoc_uri_destroy(u);
+	if (pool == NULL) {
+		snprintf(err, errlen, "cannot create a MongoDB client pool: %s", error.message);
+		return NULL;
+	}
+	mongoc_client_pool_set_error_api(pool, MONGOC_ERROR_API_VERSION_2);
+	return pool;
+}
+
+/* mongoc's own messages, at our levels; its debug and trace are left out. */
+static void on_mongoc_log(mongoc_log_level_t level, const char *domain, const char *message, void *arg)
+{
+	(void)arg;
+	if (level <= MONGOC_LOG_LEVEL_ERROR)
+		log_error("mongoc %s: %s", domain, message);
+	else if (level == MONGOC_LOG_LEVEL_WARNING)
+		log_warn("mongoc %s: %s", domain, message);
+	else if (level <= MONGOC_LOG_LEVEL_INFO)
+		log_debug("mongoc %s: %s", domain, message);
+}
+
+void mongo_log_to_ours(void)
+{
+	mongoc_log_set_handler(on_mongoc_log, NULL);
+}
+
+/*
+ * With a keep list, only the fields the mapping can use are read: those
+ * kept (with _id, which MongoDB adds by itself) and the version field.
+ */
+static bson_t *legacy_projection(const struct migrate_config *cfg)
+{
+	const struct mapping *m = &cfg->mapping;
+	if (m->nkeep == 0)
+		return NULL;
+	bson_t *p = bson_new();
+	for (size_t i = 0; i < m->nkeep; i++)
+		BSON_APPEND_INT32(p, m->keep[i], 1);
+	if (cfg->version_field && mapping_output_name(m, cfg->version_field) == NULL)
+		BSON_APPEND_INT32(p, cfg->version_field, 1);
+	return p;
+}
+
+/* Opens the pool (connections are made lazily, so an unreachable server
+ * is not an error yet). Returns the reader, or NULL with err. */
+struct legacy *legacy_open(const struct migrate_config *cfg, char *err, size_t errlen)
+{
+	mongoc_client_pool_t *pool = mongo_pool_new(cfg->legacy.uri, LEGACY_SOCKET_TIMEOUT_MS, err, errlen);
+	if (pool == NULL)
+		return NULL;
+	struct legacy *l = xcalloc(1, sizeof(*l));
+	l->pool = pool;
+	l->database = cfg->legacy.database;
+	l->collection = cfg->legacy.collection;
+	l->id_type = cfg->id_type;
+	l->projection = legacy_projection(cfg);
+	return l;
+}
+
+void legacy_close(struct legacy *l)
+{
+	if (l == NULL)
+		return;
+	mongoc_client_pool_destroy(l->pool);
+	if (l->projection)
+		bson_destroy(l->projection);
+	free(l);
+}
+
+static int compare_wanted(const void *a, const void *b)
+{
+	return strcmp(((const struct wanted *)a)->key, ((const struct wanted *)b)->key);
+}
+
+/* The key a returned document is matched by, into key; false for an
+ * _id of another type, which no requested id can be. */
+static bool document_key(const bson_t *doc, char key[USER_ID_MAX + 1])
+{
+	bson_iter_t it;
+	if (!bson_iter_init_find(&it, doc, "_id"))
+		return false;
+	if (BSON_ITER_HOLDS_OID(&it)) {
+		bson_oid_to_string(bson_iter_oid(&it), key);
+		return true;
+	}
+	uint32_t len;
+	const char *s = BSON_ITER_HOLDS_UTF8(&it) ? bson_iter_utf8(&it, &len) : NULL;
+	if (s == NULL || len > USER_ID_MAX)
+		return false;
+	memcpy(key, s, len);
+	key[len] = '\0';
+	return true;
+}
+
+/*
+ * Appends each item's id to the $in array, as an ObjectId where the
+ * configuration says so and the id is 24 hex digits, and fills wanted
+ * with the key each will be matched by.
+ */
+static void build_filter(const struct legacy *l, struct delivery *const *items, size_t n, struct wanted *wanted,
+			 bson_t *filter)
+{
+	bson_t id, in;
+	char index[16];
+	const char *key;
+	BSON_APPEND_DOCUMENT_BEGIN(filter, "_id", &id);
+	BSON_APPEND_ARRAY_BEGIN(&id, "$in", &in);
+	for (size_t i = 0; i < n; i++) {
+		struct delivery *d = items[i];
+		size_t len = strlen(d->user);
+		wanted[i].d = d;
+		bson_uint32_to_string((uint32_t)i, &key, index, sizeof(index));
+		d->as_oid = l->id_type == LEGACY_ID_OBJECTID && len == OID_HEX_LEN && bson_oid_is_valid(d->user, len);
+		if (d->as_oid) {
+			bson_oid_t oid;
+			bson_oid_init_from_string(&oid, d->user);
+			bson_append_oid(&in, key, -1, &oid);
+			bson_oid_to_string(&oid, wanted[i].key);
+		} else {
+			bson_append_utf8(&in, key, -1, d->user, (int)len);
+			snprintf(wanted[i].key, sizeof(wanted[i].key), "%s", d->user);
+		}
+	}
+	bson_append_array_end(&id, &in);
+	bson_append_document_end(filter, &id);
+}
+
+/* Gives a copy of doc to every wanted item with its key (ids differing
+ * only in the case of their hex digits are one ObjectId). */
+static void attach(struct wanted *wanted, size_t n, const bson_t *doc)
+{
+	struct wanted probe;
+	if (!document_key(doc, probe.key))
+		return;
+	size_t lo = 0, hi = n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (strcmp(wanted[mid].key, probe.key) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	for (size_t i = lo; i < n && strcmp(wanted[i].key, probe.key) == 0; i++)
+		if (wanted[i].d->legacy == NULL)
+			wanted[i].d->legacy = bson_copy(doc);
+}
+
+/*
+ * Loads the legacy documents of items (distinct users) with one find
+ * {_id: {$in: [...]}}, setting each found item's legacy to a copy of its
+ * document; items left with legacy NULL are not in the collection.
+ * Returns 0, or -1 with err when the find failed (nothing is known then
+ * about any item).
+ */
+int legacy_load(struct legacy *l, struct delivery *const *items, size_t n, char *err, size_t errlen)
+{
+	struct wanted *wanted = xcalloc(n, sizeof(*wanted));
+	bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER;
+	bson_error_t error;
+	const bson_t *doc;
+	build_filter(l, items, n, wanted, &filter);
+	qsort(wanted, n, sizeof(*wanted), compare_wanted);
+	if (l->projection)
+		BSON_APPEND_DOCUMENT(&opts, "projection", l->projection);
+	mongoc_client_t *client = mongoc_client_pool_pop(l->pool);
+	mongoc_collection_t *coll = mongoc_client_get_collection(client, l->database, l->collection);
+	mongoc_cursor_t *cursor = mongoc_collection_find_with_opts(coll, &filter, &opts, NULL);
+	while (mongoc_cursor_next(cursor, &doc))
+		attach(wanted, n, doc);
+	int rc = 0;
+	if (mongoc_cursor_error(cursor, &error)) {
+		snprintf(err, errlen, "find in %s.%s failed: %s", l->database, l->collection, error.message);
+		for (size_t i = 0; i < n; i++) {
+			if (items[i]->legacy) {
+				bson_destroy(items[i]->legacy);
+				items[i]->legacy = NULL;
+			}
+		}
+		rc = -1;
+	}
+	mongoc_cursor_destroy(cursor);
+	mongoc_collection_destroy(coll);
+	mongoc_client_pool_push(l->pool, client);
+	bson_destroy(&filter);
+	bson_destroy(&opts);
+	free(wanted);
+	return rc;
+}

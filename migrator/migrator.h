@@ -1,0 +1,178 @@
+/*
+ * migrator.h - cutover-migrate: the lazy-migration worker. It consumes
+ * the users that the proxy puts on the migrate streams, copies each
+ * one's document from the legacy MongoDB into the user service (over
+ * HTTP, or straight into the service's MongoDB) and records the result
+ * in Redis. The Redis layout and the order of effects are in
+ * docs/design.md, "Lazy migration"; worker.c says how failures are
+ * retried.
+ */
+#ifndef CUTOVER_MIGRATOR_H
+#define CUTOVER_MIGRATOR_H
+
+#include <signal.h>
+
+#include <mongoc/mongoc.h>
+
+#include "common/common.h"
+
+#define MIGRATE_ERR_MAX 512
+#define USER_ID_MAX 256     /* bytes */
+#define DELIVERY_ERROR_MAX 256
+
+/* ---- mapping.c: from a legacy document to the service's ------------- */
+
+struct rename_rule {
+	char *from;
+	char *to;
+};
+
+/*
+ * Top-level fields only. keep and drop name legacy fields; keep empty
+ * keeps every field that is not dropped, and _id is kept unless dropped,
+ * as in a MongoDB projection. Renames apply to what is kept; defaults
+ * name fields of the result and are set only where absent.
+ */
+struct mapping {
+	char **keep;
+	size_t nkeep;
+	char **drop;
+	size_t ndrop;
+	struct rename_rule *renames;
+	size_t nrenames;
+	bson_t *defaults; /* field -> value, in the order given */
+};
+
+void mapping_init(struct mapping *m);
+void mapping_free(struct mapping *m);
+int mapping_field_check(const char *name, char *why, size_t whylen);
+int mapping_add_keep(struct mapping *m, const char *field, char *why, size_t whylen);
+int mapping_add_drop(struct mapping *m, const char *field, char *why, size_t whylen);
+int mapping_add_rename(struct mapping *m, const char *rule, char *why, size_t whylen);
+int mapping_add_default(struct mapping *m, const char *rule, char *why, size_t whylen);
+int mapping_finish(const struct mapping *m, char *why, size_t whylen);
+const char *mapping_output_name(const struct mapping *m, const char *field);
+int mapping_apply(const struct mapping *m, const bson_t *in, bson_t *out, char *why, size_t whylen);
+
+/* ---- config.c ------------------------------------------------------- */
+
+enum sink_type { SINK_HTTP, SINK_MONGO };
+enum legacy_id_type { LEGACY_ID_STRING, LEGACY_ID_OBJECTID };
+
+struct mongo_target {
+	char *uri;
+	char *database;
+	char *collection;
+};
+
+struct migrate_config {
+	char *path;
+	char *redis_url;
+	char *redis_prefix;
+	struct mongo_target legacy;
+	enum legacy_id_type id_type;
+	enum sink_type sink;
+	char *sink_url;              /* http: a template with {id} */
+	struct mongo_target service; /* mongo */
+	int sink_timeout_ms;
+	char *version_field; /* or NULL */
+	struct mapping mapping;
+	int batch;
+	int block_ms;
+	char *consumer;
+	int attempts;
+	int backoff_ms;
+	int backoff_max_ms;
+	int claim_idle_ms;
+	char *metrics_file; /* or NULL */
+	enum log_level log_level;
+};
+
+int migrate_config_load(const char *path, struct migrate_config **out, char *err, size_t errlen);
+void migrate_config_free(struct migrate_config *cfg);
+const char *sink_type_name(enum sink_type type);
+
+/* ---- deliveries: one user of a batch on its way through ------------- */
+
+enum outcome {
+	OUTCOME_NONE,      /* not decided yet */
+	OUTCOME_DELIVERED, /* in the service: record, then ack */
+	OUTCOME_RETRY,     /* count an attempt, leave the entry pending */
+	OUTCOME_DEAD,      /* to the dead-letter stream, then ack */
+	OUTCOME_DEFERRED,  /* not tried (the sink is down): leave it pending */
+};
+
+struct delivery {
+	char *user;
+	bool as_oid;    /* looked up as an ObjectId (legacy.id_type) */
+	bson_t *legacy; /* the legacy document; NULL if not found */
+	bson_t *doc;    /* the legacy document after the mapping */
+	enum outcome outcome;
+	const char *reason; /* static: not-found, mapping, sink-4xx, attempts */
+	char error[DELIVERY_ERROR_MAX];
+	long long attempts; /* failed attempts so far, from Redis */
+	bool counted;       /* worker.c: attempts read from Redis */
+	bool recorded;      /* worker.c: Redis holds the outcome; ack */
+};
+
+void delivery_set(struct delivery *d, enum outcome outcome, const char *reason, const char *fmt, ...)
+	CUTOVER_PRINTF(4, 5);
+
+/* ---- sinks: sink_http.c, sink_mongo.c ---------------------------------
+ * deliver() decides the outcome of each item still OUTCOME_NONE:
+ * DELIVERED, RETRY, DEAD (reason sink-4xx or mapping) or DEFERRED, with
+ * the error text. */
+
+struct sink {
+	void (*deliver)(struct sink *s, struct delivery *const *items, size_t n);
+	void (*free)(struct sink *s);
+};
+
+int sink_http_check_url(const char *url, char *why, size_t whylen);
+struct sink *sink_http_new(const struct migrate_config *cfg, char *err, size_t errlen);
+struct sink *sink_mongo_new(const struct migrate_config *cfg, char *err, size_t errlen);
+
+/* ---- legacy.c: the legacy collection, and MongoDB helpers ---------- */
+
+struct legacy;
+int mongo_uri_check(const char *uri, char *why, size_t whylen);
+mongoc_client_pool_t *mongo_pool_new(const char *uri, int socket_ms, char *err, size_t errlen);
+void mongo_log_to_ours(void);
+struct legacy *legacy_open(const struct migrate_config *cfg, char *err, size_t errlen);
+void legacy_close(struct legacy *l);
+int legacy_load(struct legacy *l, struct delivery *const *items, size_t n, char *err, size_t errlen);
+
+/* ---- metrics.c: counters, rewritten to metrics_file every second ---- */
+
+enum counter {
+	COUNT_PROCESSED, /* stream entries taken in hand */
+	COUNT_MIGRATED,  /* users delivered and recorded */
+	COUNT_FAILED,    /* retryable delivery failures */
+	COUNT_DEFERRED,  /* users not tried: the sink was down */
+	COUNT_RETRIED,   /* entries taken in again by XAUTOCLAIM */
+	COUNT_DEAD,      /* users dead-lettered, all reasons */
+	COUNT_NOT_FOUND,
+	COUNT_MALFORMED,
+	COUNT_MAPPING,
+	COUNT_SINK_4XX,
+	COUNT_ATTEMPTS,      /* dead-lettered after the last attempt */
+	COUNT_LEGACY_ERRORS, /* batches the legacy find failed for */
+	COUNT_REDIS_ERRORS,  /* lost connections and refused commands */
+	COUNT_MAX
+};
+
+void metrics_count(enum counter c, unsigned long long n);
+unsigned long long metrics_get(enum counter c);
+void metrics_batch_latency(int64_t us);
+void metrics_error(const char *fmt, ...) CUTOVER_PRINTF(1, 2);
+int metrics_start(const char *path, char *err, size_t errlen);
+void metrics_stop(void);
+
+/* ---- worker.c -------------------------------------------------------- */
+
+struct redisReply;
+int user_id_check(const char *s, size_t len, const char **why);
+int entry_user(const struct redisReply *fields, const char **user, size_t *len, const char **why);
+int worker_run(const struct migrate_config *cfg, const volatile sig_atomic_t *stop);
+
+#endif
