@@ -19,6 +19,7 @@ struct flag_edit {
 	int percent; /* -1: leave as is */
 	const char *description;
 	const char *owner;
+	const char *salt; /* create only: changing it later would move every user */
 	enum edit_list list;
 	bool remove;
 	char **ids;
@@ -46,6 +47,10 @@ static int edit_apply(struct flag *f, void *arg, char *err, size_t errlen)
 	if (e->owner) {
 		free(f->owner);
 		f->owner = xstrdup(e->owner);
+	}
+	if (e->salt) {
+		free(f->salt);
+		f->salt = xstrdup(e->salt);
 	}
 	struct flag_idlist *lists[] = { NULL, &f->allow, &f->deny, &f->cohorts };
 	struct flag_idlist *l = lists[e->list];
@@ -200,6 +205,7 @@ static int set_option(int opt, const char *arg, void *state)
 		return 0;
 	case 'd': e->description = arg; return 0;
 	case 'o': e->owner = arg; return 0;
+	case 's': e->salt = arg; return 0;
 	}
 	return CTL_EXIT_USAGE;
 }
@@ -208,6 +214,13 @@ static const struct option describe_options[] = {
 	{ "percent", required_argument, NULL, 'p' },
 	{ "description", required_argument, NULL, 'd' },
 	{ "owner", required_argument, NULL, 'o' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static const struct option create_options[] = {
+	{ "description", required_argument, NULL, 'd' },
+	{ "owner", required_argument, NULL, 'o' },
+	{ "salt", required_argument, NULL, 's' },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -222,6 +235,8 @@ static int check_text(const char *what, const char *text, size_t max)
 static int check_describe(const struct flag_edit *e)
 {
 	int rc = check_text("--description", e->description, FLAG_DESCRIPTION_MAX);
+	if (rc == CTL_EXIT_OK)
+		rc = check_text("--salt", e->salt, FLAG_SALT_MAX);
 	return rc != CTL_EXIT_OK ? rc : check_text("--owner", e->owner, FLAG_OWNER_MAX);
 }
 
@@ -244,7 +259,7 @@ static int flag_create(struct ctl *ctl, int argc, char **argv)
 {
 	const struct ctl_verb *verb = ctl_verb_named(ctl_flag_verbs, "create");
 	struct flag_edit e = EDIT_NONE;
-	int first = ctl_parse_options("flag", verb, argc, argv, "d:o:", describe_options + 1, set_option, &e);
+	int first = ctl_parse_options("flag", verb, argc, argv, "d:o:s:", create_options, set_option, &e);
 	if (first < 0)
 		return -first;
 	if (argc - first != 1)
@@ -619,10 +634,13 @@ static int flag_cohort(struct ctl *ctl, int argc, char **argv)
 const struct ctl_verb ctl_flag_verbs[] = {
 	{ "list", "", "list all flags", NULL, flag_list },
 	{ "get", "NAME", "show one flag", NULL, flag_get },
-	{ "create", "NAME [--description T] [--owner O]",
+	{ "create", "NAME [--description T] [--owner O] [--salt S]",
 			  "create a flag: disabled, at 0%, salted with its name",
 			  "  --description T   what the flag switches (UTF-8, 1024 bytes at most)\n"
 			  "  --owner O         who to ask about it (UTF-8, 128 bytes at most)\n"
+			  "  --salt S          bucket users with S instead of the name: give a read flag\n"
+			  "                    and its write flag the same salt so one rollout nests in\n"
+			  "                    the other (64 bytes at most; fixed once created)\n"
 			  "Names are 1-64 bytes of letters, digits, '.', '_' and '-'.\n",
 			  flag_create },
 	{ "delete", "NAME", "delete a flag (its users go to legacy)", NULL, flag_delete },

@@ -231,6 +231,11 @@ def test_vectors(t, r):
         if NAME_RE.match(salt):
             name = salt  # created by cutoverctl: salted with its own name
             run_ctl("flag", "create", name, prefix=pv)
+        elif len(salt.encode()) <= 64:
+            name = "vec%d" % i  # any other salt, through `create --salt`
+            rc, _, err = run_ctl("flag", "create", name, "--salt", salt, prefix=pv)
+            t.ok(rc == 0 and json.loads(r.get(k("flag:" + name, pv)))["salt"] == salt,
+                 "flag create --salt %r stores that salt" % salt, "exit %s err %r" % (rc, err))
         else:
             name = "vec%d" % i
             r.set(k("flag:" + name, pv), json.dumps({"name": name, "salt": salt}, ensure_ascii=False))
