@@ -55,6 +55,8 @@ static cfg_opt_t route_opts[] = {
 	CFG_STR("unmigrated_writes", "legacy", CFGF_NONE),
 	CFG_INT_CB("migrate_wait", 2000, CFGF_NONE, conf_plain_decimal),
 	CFG_STR("migrate_timeout", "legacy", CFGF_NONE),
+	CFG_STR("create", NULL, CFGF_NONE),
+	CFG_STR("created_id", "location", CFGF_NONE),
 	CFG_END(),
 };
 
@@ -541,6 +543,15 @@ static int build_route(struct conf_loader *ld, cfg_t *sec, struct route *r)
 	if (strcmp(timeout, "legacy") != 0 && strcmp(timeout, "503") != 0)
 		return conf_fail(ld, sec, "migrate_timeout", "must be legacy or 503, not '%s'", timeout);
 	r->migrate_timeout_status = strcmp(timeout, "503") == 0 ? 503 : 0;
+	const char *create = cfg_getstr(sec, "create"), *created_id = cfg_getstr(sec, "created_id");
+	if (create != NULL && strcmp(create, "legacy-first") != 0 && strcmp(create, "service") != 0)
+		return conf_fail(ld, sec, "create", "must be legacy-first or service, not '%s'", create);
+	r->create = create == NULL ? CREATE_BY_FLAG : strcmp(create, "service") == 0 ? CREATE_SERVICE : CREATE_LEGACY_FIRST;
+	if (strcmp(created_id, "location") != 0 && (strncmp(created_id, "json:", 5) != 0 || created_id[5] == '\0'))
+		return conf_fail(ld, sec, "created_id", "must be location or json:FIELD, not '%s'", created_id);
+	if (r->create == CREATE_LEGACY_FIRST && !r->migrate)
+		return conf_fail(ld, sec, "create", "legacy-first enqueues the new user: it needs migrate = true");
+	r->created_id = xstrdup(created_id);
 	if (get_kind(ld, sec, "no_user", &r->no_user) < 0 ||
 	    conf_get_int(ld, sec, "breaker_failures", 1, 1000, &r->breaker_failures) < 0 ||
 	    conf_get_int(ld, sec, "breaker_open", 1, CONF_DURATION_MAX, &r->breaker_open_ms) < 0 ||
@@ -592,6 +603,7 @@ static void route_free(struct route *r)
 	free(r->sources);
 	free(r->read_flag);
 	free(r->write_flag);
+	free(r->created_id);
 }
 
 /* Frees cfg and everything it owns, whatever its reference count; also

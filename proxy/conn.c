@@ -64,6 +64,9 @@ struct request {
 	bool decided; /* upstream holds a decision (not a request the proxy refused) */
 	bool refresh_after; /* a migrated user's write went to legacy: migrate again after it */
 	bool dechunk;       /* relay the decoded body (HTTP/1.0 client, chunked response) */
+	bool capture_created; /* create = legacy-first: find the new user's id in the response */
+	char created_field[FLAG_NAME_MAX + 1]; /* its JSON field, or "" for the Location header */
+	char created[ROUTE_USER_ID_MAX + 1];    /* the id from Location */
 	bool continue_sent; /* the proxy answered Expect: 100-continue itself */
 	int status;
 	uint64_t bytes_out;
@@ -98,6 +101,7 @@ struct client {
 	struct buf body; /* decoded, when the route reads the user id from it */
 	struct buf out;
 	size_t out_sent;
+	struct buf captured; /* a create's response body, when the new id is in it */
 	struct upstream_conn *up;
 	struct request req;
 	struct client *park_next; /* in the worker's list of waiting writes */
@@ -142,6 +146,7 @@ static void client_free(struct client *c)
 	buf_free(&c->in);
 	buf_free(&c->body);
 	buf_free(&c->out);
+	buf_free(&c->captured);
 	free(c);
 }
 
@@ -409,6 +414,17 @@ static int client_decide(struct client *c)
 	if (!matched) {
 		r->upstream = cfg->default_upstream;
 		r->reason = "no-route";
+		return 0;
+	}
+	if (r->method == METHOD_POST && m.route->create != CREATE_BY_FLAG) {
+		/* Creates go by the route's strategy, not by a user's bucket:
+		 * the user does not exist yet. */
+		bool legacy_first = m.route->create == CREATE_LEGACY_FIRST;
+		r->upstream = legacy_first ? UPSTREAM_LEGACY : UPSTREAM_SERVICE;
+		r->reason = legacy_first ? "create-legacy-first" : "create-service";
+		r->capture_created = legacy_first;
+		const char *field = m.route->created_id;
+		snprintf(r->created_field, sizeof(r->created_field), "%s", strncmp(field, "json:", 5) == 0 ? field + 5 : "");
 		return 0;
 	}
 	if (found == USER_ID_NONE) {
@@ -787,12 +803,56 @@ static void client_write_response_head(struct client *c, struct upstream_conn *u
 	bool framed = (u->parser.flags & (F_CONTENTLENGTH | F_CHUNKED)) || r->method == METHOD_HEAD ||
 		      r->status == 204 || r->status == 304;
 	r->keep_alive = r->keep_alive && framed && !c->draining;
+	if (r->capture_created && r->status >= 200 && r->status < 300) {
+		size_t loc_len;
+		const char *loc = http_header_value(&u->head, base, "Location", &loc_len);
+		if (r->created_field[0] != '\0' && !r->dechunk) {
+			buf_reset(&c->captured);
+			u->target.body = &c->captured;
+		} else if (r->created_field[0] == '\0' && loc != NULL) {
+			/* The last segment of the path: /api/users/u42 -> u42 */
+			const char *end = memchr(loc, '?', loc_len) ? memchr(loc, '?', loc_len) : loc + loc_len;
+			const char *start = end;
+			while (start > loc && start[-1] != '/')
+				start--;
+			snprintf(r->created, sizeof(r->created), "%.*s", (int)(end - start), start);
+		}
+	}
 	if (!r->keep_alive)
 		buf_puts(&c->out, "Connection: close\r\n");
 	else if (old_client)
 		buf_puts(&c->out, "Connection: keep-alive\r\n");
 	buf_puts(&c->out, "\r\n");
 	r->response_started = true;
+}
+
+/* A legacy-first create succeeded: find the new user's id (Location, or
+ * a field of the JSON body) and put the user on the migrate stream. */
+static void client_enqueue_created(struct client *c)
+{
+	struct request *r = &c->req;
+	char id[ROUTE_USER_ID_MAX + 1] = "", why[256];
+	size_t len = 0;
+	if (r->created_field[0] != '\0') {
+		struct user_source source = { USER_FROM_BODY, r->created_field };
+		struct route route = { .sources = &source, .nsources = 1 };
+		struct route_match m = { .route = &route };
+		struct http_view view = { .body = c->captured.data, .body_len = c->captured.len };
+		if (route_user_id(&m, &view, id, &len, why, sizeof(why)) != USER_ID_FOUND)
+			len = 0;
+	} else if (flag_user_id_check(r->created, strlen(r->created), why, sizeof(why)) == 0) {
+		len = strlen(r->created);
+		memcpy(id, r->created, len + 1);
+	}
+	if (len == 0) {
+		log_warn("request %s: create answered %d but the new user's id was not found in the %s", r->id,
+			 r->status, r->created_field[0] ? "response body" : "Location header");
+		atomic_fetch_add_explicit(&c->w->metrics.migrate_errors, 1, memory_order_relaxed);
+		return;
+	}
+	memcpy(r->user, id, len + 1);
+	r->user_len = len;
+	migrate_created(c->w->migrate, id, len);
 }
 
 static void client_finish_request(struct client *c)
@@ -807,6 +867,8 @@ static void client_finish_request(struct client *c)
 	c->up = NULL;
 	if (r->refresh_after && r->status >= 200 && r->status < 300)
 		migrate_refresh(c->w->migrate, r->user, r->user_len);
+	if (r->capture_created && r->status >= 200 && r->status < 300)
+		client_enqueue_created(c);
 	access_log_write(c);
 	if (!r->keep_alive || !c->head.message_done) {
 		c->state = CLIENT_CLOSING;

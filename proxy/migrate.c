@@ -57,7 +57,7 @@ struct migrate_link {
 static const char first_seen_script[] =
 	"local p, user = ARGV[1], ARGV[2]\n"
 	"if redis.call('SADD', p .. ':seen', user) == 1 then\n"
-	"  redis.call('XADD', p .. ':migrate', '*', 'user', user, 'reason', 'first-seen', 'at', ARGV[3])\n"
+	"  redis.call('XADD', p .. ':migrate', '*', 'user', user, 'reason', ARGV[4], 'at', ARGV[3])\n"
 	"  return 1\n"
 	"end\n"
 	"return 0\n";
@@ -289,6 +289,13 @@ void migrate_first_seen(struct migrate_link *m, const char *user, size_t len)
 {
 	if (!idset_has(&m->seen, idset_hash(user, len)))
 		link_enqueue(m, first_seen_script, user, len, "first-seen");
+}
+
+/* A user the legacy app just created (create = legacy-first): enqueue it
+ * now, so the service builds it while nothing in the monolith waits. */
+void migrate_created(struct migrate_link *m, const char *user, size_t len)
+{
+	link_enqueue(m, first_seen_script, user, len, "created");
 }
 
 /* A read waits on this user: put it on the priority stream (at most once

@@ -34,6 +34,7 @@ struct migrate_link *migrate_link_new(struct worker *w);
 void migrate_link_free(struct migrate_link *m);
 void migrate_first_seen(struct migrate_link *m, const char *user, size_t len);
 bool migrate_is_migrated(const struct migrate_link *m, const char *user, size_t len);
+void migrate_created(struct migrate_link *m, const char *user, size_t len);
 void migrate_priority(struct migrate_link *m, const char *user, size_t len);
 void migrate_refresh(struct migrate_link *m, const char *user, size_t len);
 

@@ -80,6 +80,8 @@ struct route {
 	bool migrate_first;   /* an unmigrated user's write waits for the migration, instead of legacy */
 	int migrate_wait_ms;  /* how long it waits */
 	int migrate_timeout_status; /* then: 0 = legacy, or this status (503) */
+	enum create_strategy { CREATE_BY_FLAG, CREATE_LEGACY_FIRST, CREATE_SERVICE } create; /* for POST */
+	char *created_id; /* legacy-first: "location", or a JSON field of the response body */
 	const char *label;    /* the name, interned for metrics (set by the proxy after loading) */
 };
 

@@ -20,6 +20,7 @@ Special requests, recognised by the end of the path (so they also work
 behind a route prefix, e.g. /api/users/u1/slow?ms=500):
     .../slow?ms=N      sleeps N ms first (or header X-Echo-Sleep-Ms: N)
     .../status/N       answers status N (or header X-Echo-Status: N);
+                       header X-Echo-Location: L adds "Location: L" to the answer;
                        1xx, 204 and 304 without a body
     .../chunked        answers with a chunked body (several chunks)
     .../split?ms=N     writes the head, then N ms later (default 5) the body
@@ -171,6 +172,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             extra = [("Connection", "X-Upstream-Hop"), ("X-Upstream-Hop", "secret"),
                      ("Keep-Alive", "timeout=5, max=100"), ("Upgrade", "h2c"), ("Trailer", "X-Checksum"),
                      ("Proxy-Authenticate", "Basic realm=\"up\""), ("X-Upstream-Ordinary", "kept")]
+        if self.headers.get("X-Echo-Location"):
+            extra.append(("Location", self.headers["X-Echo-Location"]))
         if path.endswith("/big"):
             n = int(query.get("bytes", ["1048576"])[0])
             payload = (b"0123456789abcdef" * (n // 16 + 1))[:n]
