@@ -13,7 +13,6 @@
 #include "migrator/migrator.h"
 
 #define WHY_MAX 256
-#define BATCH_MAX 10000
 #define BLOCK_MAX 60000
 #define CLAIM_IDLE_MIN 1000
 #define CLAIM_IDLE_MAX 86400000 /* a day */
@@ -240,7 +239,7 @@ static int build_consumer(struct conf_loader *ld, cfg_t *root, struct migrate_co
 static int build_loop(struct conf_loader *ld, cfg_t *root, struct migrate_config *cfg)
 {
 	cfg_t *retry = cfg_getsec(root, "retry");
-	if (conf_get_int(ld, root, "batch", 1, BATCH_MAX, &cfg->batch) < 0 ||
+	if (conf_get_int(ld, root, "batch", 1, MIGRATE_BATCH_MAX, &cfg->batch) < 0 ||
 	    conf_get_int(ld, root, "block", 1, BLOCK_MAX, &cfg->block_ms) < 0 ||
 	    conf_get_int(ld, root, "claim_idle", CLAIM_IDLE_MIN, CLAIM_IDLE_MAX, &cfg->claim_idle_ms) < 0 ||
 	    conf_get_int(ld, retry, "attempts", 1, ATTEMPTS_MAX, &cfg->attempts) < 0 ||

@@ -1,8 +1,8 @@
 /*
  * legacy.c - reads users from the legacy collection, a batch with one
- * find, through a mongoc client pool; and the MongoDB helpers the mongo
- * sink uses too: URI checks, pools with our timeouts, mongoc's log
- * routed into ours.
+ * find, through a mongoc client pool; walks and counts it in _id order
+ * for the backfill; and the MongoDB helpers the mongo sink uses too: URI
+ * checks, pools with our timeouts, mongoc's log routed into ours.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -137,24 +137,42 @@ static int compare_wanted(const void *a, const void *b)
 	return strcmp(((const struct wanted *)a)->key, ((const struct wanted *)b)->key);
 }
 
-/* The key a returned document is matched by, into key; false for an
- * _id of another type, which no requested id can be. */
-static bool document_key(const bson_t *doc, char key[USER_ID_MAX + 1])
+/*
+ * The user id a legacy document stands for, into id: a string _id as it
+ * is, an ObjectId as its 24 lowercase hex digits. Returns 0, or -1 with
+ * *why for an _id that cannot be a user id: another type, or a string
+ * user_id_check refuses.
+ */
+int legacy_user_id(const bson_t *doc, char id[USER_ID_MAX + 1], const char **why)
 {
 	bson_iter_t it;
-	if (!bson_iter_init_find(&it, doc, "_id"))
-		return false;
-	if (BSON_ITER_HOLDS_OID(&it)) {
-		bson_oid_to_string(bson_iter_oid(&it), key);
-		return true;
-	}
 	uint32_t len;
-	const char *s = BSON_ITER_HOLDS_UTF8(&it) ? bson_iter_utf8(&it, &len) : NULL;
-	if (s == NULL || len > USER_ID_MAX)
-		return false;
-	memcpy(key, s, len);
-	key[len] = '\0';
-	return true;
+	if (!bson_iter_init_find(&it, doc, "_id")) {
+		*why = "no _id";
+		return -1;
+	}
+	if (BSON_ITER_HOLDS_OID(&it)) {
+		bson_oid_to_string(bson_iter_oid(&it), id);
+		return 0;
+	}
+	if (!BSON_ITER_HOLDS_UTF8(&it)) {
+		*why = "_id is neither a string nor an ObjectId";
+		return -1;
+	}
+	const char *s = bson_iter_utf8(&it, &len);
+	if (user_id_check(s, len, why) < 0)
+		return -1;
+	memcpy(id, s, len);
+	id[len] = '\0';
+	return 0;
+}
+
+/* The key a returned document is matched by, into key; false for an
+ * _id that no requested id can be (the worker looks up valid ids only). */
+static bool document_key(const bson_t *doc, char key[USER_ID_MAX + 1])
+{
+	const char *why;
+	return legacy_user_id(doc, key, &why) == 0;
 }
 
 /*
@@ -249,5 +267,150 @@ int legacy_load(struct legacy *l, struct delivery *const *items, size_t n, char 
 	bson_destroy(&filter);
 	bson_destroy(&opts);
 	free(wanted);
+	return rc;
+}
+
+/* ---- the walk: the whole collection in _id order ----------------------
+ * A comparison ($gt) only matches values of its own BSON type, so the
+ * walk takes the types a user id can have one after the other, in
+ * MongoDB's order: strings, then ObjectIds. */
+
+/* {_id: the first value of a type}: "" for strings, else ObjectId 0. */
+static void walk_start(bool strings, bson_t *doc)
+{
+	static const bson_oid_t zero;
+	if (strings)
+		BSON_APPEND_UTF8(doc, "_id", "");
+	else
+		BSON_APPEND_OID(doc, "_id", &zero);
+}
+
+/* Appends {_id: {op: bound's _id}} to filter. */
+static void append_range(bson_t *filter, const char *op, const bson_t *bound)
+{
+	bson_iter_t it;
+	bson_t range;
+	bson_iter_init_find(&it, bound, "_id");
+	BSON_APPEND_DOCUMENT_BEGIN(filter, "_id", &range);
+	bson_append_iter(&range, op, -1, &it);
+	bson_append_document_end(filter, &range);
+}
+
+/* Whether doc's _id is a string (or doc is NULL: the walk's start). */
+static bool id_is_string(const bson_t *doc)
+{
+	bson_iter_t it;
+	return doc == NULL || (bson_iter_init_find(&it, doc, "_id") && BSON_ITER_HOLDS_UTF8(&it));
+}
+
+/* One find {_id: {op: bound's _id}} sorted by _id, limit documents at
+ * most, into docs[*n...]. Returns 0, or -1 with err. */
+static int find_range(struct legacy *l, const char *op, const bson_t *bound, int limit, bool whole, bson_t **docs,
+		      size_t *n, char *err, size_t errlen)
+{
+	bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, sort, id_only;
+	bson_error_t error;
+	const bson_t *doc;
+	append_range(&filter, op, bound);
+	BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
+	BSON_APPEND_INT32(&sort, "_id", 1);
+	bson_append_document_end(&opts, &sort);
+	BSON_APPEND_INT64(&opts, "limit", limit);
+	BSON_APPEND_INT64(&opts, "batchSize", limit);
+	if (!whole) {
+		BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &id_only);
+		BSON_APPEND_INT32(&id_only, "_id", 1);
+		bson_append_document_end(&opts, &id_only);
+	} else if (l->projection) {
+		BSON_APPEND_DOCUMENT(&opts, "projection", l->projection);
+	}
+	mongoc_client_t *client = mongoc_client_pool_pop(l->pool);
+	mongoc_collection_t *coll = mongoc_client_get_collection(client, l->database, l->collection);
+	mongoc_cursor_t *cursor = mongoc_collection_find_with_opts(coll, &filter, &opts, NULL);
+	while (*n < (size_t)limit && mongoc_cursor_next(cursor, &doc))
+		docs[(*n)++] = bson_copy(doc);
+	int rc = 0;
+	if (mongoc_cursor_error(cursor, &error)) {
+		snprintf(err, errlen, "find in %s.%s failed: %s", l->database, l->collection, error.message);
+		rc = -1;
+	}
+	mongoc_cursor_destroy(cursor);
+	mongoc_collection_destroy(coll);
+	mongoc_client_pool_push(l->pool, client);
+	bson_destroy(&filter);
+	bson_destroy(&opts);
+	return rc;
+}
+
+/*
+ * The next page of the walk: up to limit documents whose _id comes after
+ * after's (NULL: from the start), whole (as legacy_load reads them) or
+ * _id only, into docs (room for limit). Returns 0 with their number in
+ * *n, 0 once the walk is over; or -1 with err (*n is then 0).
+ */
+int legacy_walk(struct legacy *l, const bson_t *after, int limit, bool whole, bson_t **docs, size_t *n, char *err,
+		size_t errlen)
+{
+	bson_t start = BSON_INITIALIZER, oids = BSON_INITIALIZER;
+	walk_start(true, &start);
+	walk_start(false, &oids);
+	*n = 0;
+	int rc = find_range(l, after ? "$gt" : "$gte", after ? after : &start, limit, whole, docs, n, err, errlen);
+	if (rc == 0 && *n == 0 && id_is_string(after))
+		rc = find_range(l, "$gte", &oids, limit, whole, docs, n, err, errlen);
+	if (rc < 0) {
+		while (*n > 0)
+			bson_destroy(docs[--*n]);
+	}
+	bson_destroy(&start);
+	bson_destroy(&oids);
+	return rc;
+}
+
+/* Adds the number of documents matching {_id: {op: bound's _id}} to *n.
+ * Returns 0, or -1 with err. */
+static int count_range(const struct legacy *l, mongoc_collection_t *coll, const char *op, const bson_t *bound,
+		       int64_t *n, char *err, size_t errlen)
+{
+	bson_t filter = BSON_INITIALIZER;
+	bson_error_t error;
+	append_range(&filter, op, bound);
+	int64_t count = mongoc_collection_count_documents(coll, &filter, NULL, NULL, NULL, &error);
+	bson_destroy(&filter);
+	if (count < 0) {
+		snprintf(err, errlen, "count in %s.%s failed: %s", l->database, l->collection, error.message);
+		return -1;
+	}
+	*n += count;
+	return 0;
+}
+
+/*
+ * Counts the collection's documents into *total (an estimate, from its
+ * metadata) and those the walk has passed once it is at after's _id
+ * into *done (0 for NULL): every string _id up to it, and the ObjectIds
+ * up to it too when it is one. Returns 0, or -1 with err.
+ */
+int legacy_count(struct legacy *l, const bson_t *after, int64_t *total, int64_t *done, char *err, size_t errlen)
+{
+	bson_t start = BSON_INITIALIZER;
+	bson_error_t error;
+	walk_start(true, &start);
+	*done = 0;
+	mongoc_client_t *client = mongoc_client_pool_pop(l->pool);
+	mongoc_collection_t *coll = mongoc_client_get_collection(client, l->database, l->collection);
+	int rc = 0;
+	*total = mongoc_collection_estimated_document_count(coll, NULL, NULL, NULL, &error);
+	if (*total < 0) {
+		snprintf(err, errlen, "count in %s.%s failed: %s", l->database, l->collection, error.message);
+		rc = -1;
+	}
+	if (rc == 0 && after && !id_is_string(after))
+		rc = count_range(l, coll, "$gte", &start, done, err, errlen);
+	if (rc == 0 && after)
+		rc = count_range(l, coll, "$lte", after, done, err, errlen);
+	mongoc_collection_destroy(coll);
+	mongoc_client_pool_push(l->pool, client);
+	bson_destroy(&start);
 	return rc;
 }

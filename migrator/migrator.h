@@ -3,9 +3,10 @@
  * the users that the proxy puts on the migrate streams, copies each
  * one's document from the legacy MongoDB into the user service (over
  * HTTP, or straight into the service's MongoDB) and records the result
- * in Redis. The Redis layout and the order of effects are in
- * docs/design.md, "Lazy migration"; worker.c says how failures are
- * retried.
+ * in Redis. The backfill walks the legacy collection and enqueues (or
+ * migrates) every user the proxy has not seen. The Redis layout and the
+ * order of effects are in docs/design.md, "Lazy migration"; worker.c
+ * says how failures are retried, backfill.c how a walk resumes.
  */
 #ifndef CUTOVER_MIGRATOR_H
 #define CUTOVER_MIGRATOR_H
@@ -19,6 +20,8 @@
 #define MIGRATE_ERR_MAX 512
 #define USER_ID_MAX 256     /* bytes */
 #define DELIVERY_ERROR_MAX 256
+#define MIGRATE_BATCH_MAX 10000 /* users per batch, and per backfill page */
+#define LOG_EXCERPT 64          /* bytes of a bad user id shown in a log line */
 
 /* ---- mapping.c: from a legacy document to the service's ------------- */
 
@@ -117,6 +120,8 @@ struct delivery {
 
 void delivery_set(struct delivery *d, enum outcome outcome, const char *reason, const char *fmt, ...)
 	CUTOVER_PRINTF(4, 5);
+void delivery_free(struct delivery *d);
+void delivery_again(struct delivery *d);
 
 /* ---- sinks: sink_http.c, sink_mongo.c ---------------------------------
  * deliver() decides the outcome of each item still OUTCOME_NONE:
@@ -141,6 +146,10 @@ void mongo_log_to_ours(void);
 struct legacy *legacy_open(const struct migrate_config *cfg, char *err, size_t errlen);
 void legacy_close(struct legacy *l);
 int legacy_load(struct legacy *l, struct delivery *const *items, size_t n, char *err, size_t errlen);
+int legacy_user_id(const bson_t *doc, char id[USER_ID_MAX + 1], const char **why);
+int legacy_walk(struct legacy *l, const bson_t *after, int limit, bool whole, bson_t **docs, size_t *n, char *err,
+		size_t errlen);
+int legacy_count(struct legacy *l, const bson_t *after, int64_t *total, int64_t *done, char *err, size_t errlen);
 
 /* ---- metrics.c: counters, rewritten to metrics_file every second ---- */
 
@@ -171,8 +180,31 @@ void metrics_stop(void);
 /* ---- worker.c -------------------------------------------------------- */
 
 struct redisReply;
+struct worker;
 int user_id_check(const char *s, size_t len, const char **why);
 int entry_user(const struct redisReply *fields, const char **user, size_t *len, const char **why);
+void user_excerpt(const char *s, size_t len, char out[LOG_EXCERPT + 4]);
+struct worker *worker_new(const struct migrate_config *cfg, const volatile sig_atomic_t *stop, char *err,
+			  size_t errlen);
+void worker_free(struct worker *w);
+struct legacy *worker_legacy(const struct worker *w);
+void worker_sleep(const struct worker *w, int ms);
+int worker_wait_outage(struct worker *w, int *n);
+struct redisReply *worker_command(struct worker *w, const char *what, int argc, const char **argv,
+				  const size_t *len);
+int worker_deliver(struct worker *w, struct delivery **users, size_t n);
 int worker_run(const struct migrate_config *cfg, const volatile sig_atomic_t *stop);
+
+/* ---- backfill.c -------------------------------------------------------- */
+
+struct backfill_options {
+	int rate;     /* users per second at most; 0: no limit */
+	int batch;    /* documents per page */
+	bool direct;  /* migrate each page through the sink, rather than enqueue */
+	bool restart; /* forget the stored cursor: walk from the start */
+};
+
+int backfill_run(const struct migrate_config *cfg, const struct backfill_options *opts,
+		 const volatile sig_atomic_t *stop);
 
 #endif

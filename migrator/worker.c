@@ -41,6 +41,11 @@
  * Stopping: once *stop is set (the first SIGTERM or SIGINT), the batch
  * in hand is finished and the loop ends; a wait for an outage ends at
  * once, leaving that batch's entries pending for whoever comes next.
+ *
+ * The backfill (backfill.c) shares this file's machinery: a worker from
+ * worker_new for its Redis commands (worker_command) and outage waits,
+ * and worker_deliver for steps 3 to 5 of users it read from legacy
+ * itself, with no stream entries to ack.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,7 +61,6 @@
 #define CLAIM_EVERY_US 1000000
 #define STREAM_ID_MAX 48
 #define SLEEP_SLICE_MS 50
-#define LOG_EXCERPT 64
 
 enum stream { STREAM_PRIORITY, STREAM_NORMAL, NSTREAMS };
 
@@ -118,6 +122,29 @@ void delivery_set(struct delivery *d, enum outcome outcome, const char *reason, 
 	d->reason = reason;
 }
 
+/* Frees d and the documents it owns. */
+void delivery_free(struct delivery *d)
+{
+	free(d->user);
+	if (d->legacy)
+		bson_destroy(d->legacy);
+	if (d->doc)
+		bson_destroy(d->doc);
+	free(d);
+}
+
+/* Makes a user that an earlier worker_deliver left pending (retry or
+ * deferred) ready for the next one: the legacy document stays, the
+ * mapped one and the outcome go. */
+void delivery_again(struct delivery *d)
+{
+	if (d->doc)
+		bson_destroy(d->doc);
+	d->doc = NULL;
+	d->outcome = OUTCOME_NONE;
+	d->counted = false;
+}
+
 /*
  * Whether s[0..len) can be a user id: 1 to 256 bytes of UTF-8 without
  * control characters (C0, DEL or C1). Returns 0, or -1 with *why.
@@ -171,7 +198,7 @@ int entry_user(const redisReply *fields, const char **user, size_t *len, const c
 }
 
 /* Sleeps ms, in slices, returning early once *stop is set. */
-static void sleep_ms(const struct worker *w, int ms)
+void worker_sleep(const struct worker *w, int ms)
 {
 	while (ms > 0 && !*w->stop) {
 		int slice = ms < SLEEP_SLICE_MS ? ms : SLEEP_SLICE_MS;
@@ -190,19 +217,20 @@ static int backoff_ms(const struct worker *w, int n)
 	return ms < w->cfg->backoff_max_ms ? (int)ms : w->cfg->backoff_max_ms;
 }
 
-/* Waits out the (*n)-th consecutive outage. Returns -1 at once if the
- * worker is stopping, else 0 after the wait. */
-static int wait_outage(struct worker *w, int *n)
+/* Waits out the (*n)-th consecutive outage: retry.backoff doubled n - 1
+ * times. Returns -1 at once if the worker is stopping, else 0 after the
+ * wait (-1 if it stopped meanwhile). */
+int worker_wait_outage(struct worker *w, int *n)
 {
 	if (*w->stop)
 		return -1;
-	sleep_ms(w, backoff_ms(w, ++*n));
+	worker_sleep(w, backoff_ms(w, ++*n));
 	return *w->stop ? -1 : 0;
 }
 
 /* A text fit for a log line: at most LOG_EXCERPT bytes, non-printable
  * bytes as '?'. */
-static void excerpt(const char *s, size_t len, char out[LOG_EXCERPT + 4])
+void user_excerpt(const char *s, size_t len, char out[LOG_EXCERPT + 4])
 {
 	size_t n = len < LOG_EXCERPT ? len : LOG_EXCERPT;
 	for (size_t i = 0; i < n; i++)
@@ -328,6 +356,31 @@ static int redis_ready(struct worker *w)
 	return 0;
 }
 
+/*
+ * Runs one command (argv with lengths), connecting as needed; a lost
+ * connection or a refusal is logged and waited out like an outage, and
+ * the command sent again. Returns Redis's reply (the caller frees it),
+ * or NULL if the worker stopped first. A reply lost with the connection
+ * may leave the command run twice.
+ */
+redisReply *worker_command(struct worker *w, const char *what, int argc, const char **argv, const size_t *len)
+{
+	int outages = 0;
+	for (;;) {
+		redisReply *r = NULL;
+		if (redis_ready(w) == 0 && (r = redisCommandArgv(w->redis, argc, argv, len)) == NULL)
+			redis_lost(w, what);
+		if (r && r->type != REDIS_REPLY_ERROR)
+			return r;
+		if (r) {
+			redis_refused(w, what, r);
+			freeReplyObject(r);
+		}
+		if (worker_wait_outage(w, &outages) < 0)
+			return NULL;
+	}
+}
+
 /* ---- batches ---------------------------------------------------------- */
 
 /* Adds the entries of an array of [id, fields] replies to b. */
@@ -404,15 +457,8 @@ static void batch_free(struct batch *b)
 		free(b->entries[i].user);
 	}
 	free(b->entries);
-	for (size_t i = 0; i < b->nusers; i++) {
-		struct delivery *d = b->users[i];
-		free(d->user);
-		if (d->legacy)
-			bson_destroy(d->legacy);
-		if (d->doc)
-			bson_destroy(d->doc);
-		free(d);
-	}
+	for (size_t i = 0; i < b->nusers; i++)
+		delivery_free(b->users[i]);
 	free(b->users);
 	memset(b, 0, sizeof(*b));
 }
@@ -491,7 +537,7 @@ static int load_legacy(struct worker *w, struct batch *b)
 		log_warn("legacy: %s; %zu users wait, no attempt counted", err, b->nusers);
 		metrics_count(COUNT_LEGACY_ERRORS, 1);
 		metrics_error("legacy: %s", err);
-		if (wait_outage(w, &outages) < 0)
+		if (worker_wait_outage(w, &outages) < 0)
 			return -1;
 	}
 	return 0;
@@ -705,7 +751,7 @@ static int record(struct worker *w, struct batch *b)
 {
 	int outages = 0;
 	while (redis_ready(w) < 0 || count_attempts(w, b) < 0 || write_records(w, b) < 0 || ack_entries(w, b) < 0)
-		if (wait_outage(w, &outages) < 0)
+		if (worker_wait_outage(w, &outages) < 0)
 			return -1;
 	return 0;
 }
@@ -730,7 +776,7 @@ static void report(struct worker *w, const struct batch *b)
 		const struct entry *e = &b->entries[i];
 		if (e->malformed == NULL || !e->recorded)
 			continue;
-		excerpt(e->user ? e->user : "", e->user_len, text);
+		user_excerpt(e->user ? e->user : "", e->user_len, text);
 		log_warn("entry %s of %s: user '%s' is malformed (%s): dead-lettered", e->id, w->streams[e->stream],
 			 text, e->malformed);
 		metrics_error("entry %s: malformed user (%s)", e->id, e->malformed);
@@ -769,6 +815,33 @@ static bool has_retry(const struct batch *b)
 	return false;
 }
 
+/* Steps 3 to 5 for the users of b, their legacy documents loaded: the
+ * mapping, the sink, Redis, and the report. Returns -1 if the worker
+ * stopped before Redis had it all. */
+static int deliver_users(struct worker *w, struct batch *b)
+{
+	map_users(w, b);
+	w->sink->deliver(w->sink, b->users, b->nusers);
+	if (record(w, b) < 0)
+		return -1;
+	report(w, b);
+	return 0;
+}
+
+/*
+ * Steps 3 to 5 for users read from legacy by the caller (distinct, each
+ * with its legacy document, or NULL for one legacy lacks), as for a
+ * batch without stream entries. Each keeps its outcome: delivered and
+ * dead users are recorded in Redis; retry and deferred ones are not (see
+ * delivery_again). Returns -1 if the worker stopped before Redis had
+ * them all.
+ */
+int worker_deliver(struct worker *w, struct delivery **users, size_t n)
+{
+	struct batch b = { .users = users, .nusers = n };
+	return deliver_users(w, &b);
+}
+
 /* Takes one batch all the way (see the top of this file). */
 static void process(struct worker *w, struct batch *b)
 {
@@ -783,18 +856,15 @@ static void process(struct worker *w, struct batch *b)
 		log_info("stopping during a legacy outage: %zu entries stay pending", b->nentries);
 		return;
 	}
-	map_users(w, b);
-	w->sink->deliver(w->sink, b->users, b->nusers);
-	if (record(w, b) < 0) {
+	if (deliver_users(w, b) < 0) {
 		log_info("stopping during a Redis outage: the entries not acked stay pending");
 		return;
 	}
-	report(w, b);
 	metrics_batch_latency(clock_monotonic_us() - b->started_us);
 	log_debug("batch of %zu entries, %zu users, %zu taken over: %.1f ms", b->nentries, b->nusers, claimed,
 		  (double)(clock_monotonic_us() - b->started_us) / 1000.0);
 	if (has_retry(b))
-		sleep_ms(w, backoff_ms(w, ++w->failing_batches));
+		worker_sleep(w, backoff_ms(w, ++w->failing_batches));
 	else
 		w->failing_batches = 0;
 }
@@ -812,21 +882,29 @@ static void turn(struct worker *w)
 	if (b.nentries > 0)
 		process(w, &b);
 	if (rc < 0 && b.nentries == 0)
-		wait_outage(w, &w->failing_reads);
+		worker_wait_outage(w, &w->failing_reads);
 	else if (rc == 0)
 		w->failing_reads = 0;
 	batch_free(&b);
 }
 
-/* Keys and the Redis URL; the pieces the configuration names. */
-static int worker_init(struct worker *w, const struct migrate_config *cfg, char *err, size_t errlen)
+/*
+ * A worker for cfg that stops once *stop is set: its keys, the Redis
+ * URL, the legacy reader and the sink; nothing is connected yet. Returns
+ * it (free it with worker_free), or NULL with err.
+ */
+struct worker *worker_new(const struct migrate_config *cfg, const volatile sig_atomic_t *stop, char *err,
+			  size_t errlen)
 {
 	static const char *const suffix[NSTREAMS] = { "migrate:priority", "migrate" };
+	struct worker *w = xcalloc(1, sizeof(*w));
 	struct buf k;
 	char why[256];
+	w->cfg = cfg;
+	w->stop = stop;
 	if (redis_url_parse(cfg->redis_url, &w->url, why, sizeof(why)) < 0) {
 		snprintf(err, errlen, "invalid Redis URL: %s", why);
-		return -1;
+		goto fail;
 	}
 	redis_url_describe(&w->url, w->where, sizeof(w->where));
 	buf_init(&k);
@@ -844,18 +922,21 @@ static int worker_init(struct worker *w, const struct migrate_config *cfg, char 
 	w->changed_channel = buf_detach(&k);
 	w->legacy = legacy_open(cfg, err, errlen);
 	if (w->legacy == NULL)
-		return -1;
+		goto fail;
 	w->sink = cfg->sink == SINK_HTTP ? sink_http_new(cfg, err, errlen) : sink_mongo_new(cfg, err, errlen);
 	if (w->sink == NULL)
-		return -1;
-	if (cfg->metrics_file && metrics_start(cfg->metrics_file, err, errlen) < 0)
-		return -1;
-	return 0;
+		goto fail;
+	return w;
+fail:
+	worker_free(w);
+	return NULL;
 }
 
-static void worker_free(struct worker *w)
+/* Frees w (NULL is fine) and closes its connections. */
+void worker_free(struct worker *w)
 {
-	metrics_stop();
+	if (w == NULL)
+		return;
 	if (w->sink)
 		w->sink->free(w->sink);
 	legacy_close(w->legacy);
@@ -868,6 +949,13 @@ static void worker_free(struct worker *w)
 	free(w->attempts_key);
 	free(w->migrated_key);
 	free(w->changed_channel);
+	free(w);
+}
+
+/* The legacy reader of w. */
+struct legacy *worker_legacy(const struct worker *w)
+{
+	return w->legacy;
 }
 
 /*
@@ -876,20 +964,21 @@ static void worker_free(struct worker *w)
  */
 int worker_run(const struct migrate_config *cfg, const volatile sig_atomic_t *stop)
 {
-	struct worker w = { .cfg = cfg, .stop = stop };
 	char err[MIGRATE_ERR_MAX];
-	if (worker_init(&w, cfg, err, sizeof(err)) < 0) {
+	struct worker *w = worker_new(cfg, stop, err, sizeof(err));
+	if (w == NULL || (cfg->metrics_file && metrics_start(cfg->metrics_file, err, sizeof(err)) < 0)) {
 		log_error("%s", err);
-		worker_free(&w);
+		worker_free(w);
 		return 1;
 	}
 	log_info("migrating %s.%s to the %s sink: batch %d, claim_idle %d ms, %d attempts%s%s", cfg->legacy.database,
 		 cfg->legacy.collection, sink_type_name(cfg->sink), cfg->batch, cfg->claim_idle_ms, cfg->attempts,
 		 cfg->metrics_file ? ", metrics in " : "", cfg->metrics_file ? cfg->metrics_file : "");
 	while (!*stop)
-		turn(&w);
+		turn(w);
 	log_info("stopped: %llu entries processed, %llu users migrated, %llu dead-lettered",
 		 metrics_get(COUNT_PROCESSED), metrics_get(COUNT_MIGRATED), metrics_get(COUNT_DEAD));
-	worker_free(&w);
+	metrics_stop();
+	worker_free(w);
 	return 0;
 }
