@@ -353,12 +353,32 @@ int json_get_int(const struct json_doc *doc, int i, long long *out)
 	return 0;
 }
 
-/* Appends s (UTF-8, len bytes) as a quoted JSON string. */
+/* The length of the valid UTF-8 sequence at s[0..len), or 0. */
+static size_t utf8_sequence(const char *s, size_t len)
+{
+	unsigned char c = (unsigned char)s[0];
+	size_t n = c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+	return n <= len && utf8_valid(s, n) ? n : 0;
+}
+
+/* Appends s (len bytes) as a quoted JSON string. Bytes that are not
+ * UTF-8 (an id read from a stream, say) become U+FFFD, so the output is
+ * always valid JSON. */
 void json_put_string(struct buf *b, const char *s, size_t len)
 {
 	buf_putc(b, '"');
 	for (size_t i = 0; i < len; i++) {
 		unsigned char c = (unsigned char)s[i];
+		if (c >= 0x80) {
+			size_t n = utf8_sequence(s + i, len - i);
+			if (n == 0) {
+				buf_puts(b, "\\ufffd");
+			} else {
+				buf_append(b, s + i, n);
+				i += n - 1;
+			}
+			continue;
+		}
 		switch (c) {
 		case '"': buf_puts(b, "\\\""); break;
 		case '\\': buf_puts(b, "\\\\"); break;

@@ -74,6 +74,41 @@ static double stream_lag_s(struct flag_store *st, const char *stream)
 	return lag;
 }
 
+/* Entries of stream not yet handed to any worker: the group's lag, or
+ * every entry while no worker has created the group. Acknowledged
+ * entries stay in a stream, so its length says nothing about the work
+ * left. */
+static long long stream_undelivered(struct flag_store *st, const char *stream)
+{
+	redisContext *c = flag_store_redis(st);
+	const char *p = flag_store_prefix(st);
+	long long n = -1;
+	redisReply *r = redisCommand(c, "XINFO GROUPS %s:%s", p, stream);
+	for (size_t g = 0; r && r->type == REDIS_REPLY_ARRAY && g < r->elements; g++) {
+		const redisReply *info = r->element[g];
+		bool ours = false;
+		long long lag = -1;
+		for (size_t k = 0; k + 1 < info->elements; k += 2) {
+			if (strcmp(info->element[k]->str, "name") == 0)
+				ours = strcmp(info->element[k + 1]->str, "migrators") == 0;
+			else if (strcmp(info->element[k]->str, "lag") == 0 && info->element[k + 1]->type == REDIS_REPLY_INTEGER)
+				lag = info->element[k + 1]->integer;
+		}
+		if (ours)
+			n = lag;
+	}
+	if (r)
+		freeReplyObject(r);
+	if (n < 0) {
+		/* No group yet, or a lag Redis cannot tell (after deletions). */
+		r = redisCommand(c, "XLEN %s:%s", p, stream);
+		n = r ? reply_int(r) : 0;
+		if (r)
+			freeReplyObject(r);
+	}
+	return n;
+}
+
 static int migration_status(struct ctl *ctl, int argc, char **argv)
 {
 	(void)argv;
@@ -86,9 +121,12 @@ static int migration_status(struct ctl *ctl, int argc, char **argv)
 	int rc = CTL_EXIT_OK;
 	long long counts[5] = { 0 };
 	static const char *const labels[5] = { "seen", "queued", "priority", "migrated", "dead" };
-	const char *commands[5] = { "SCARD %s:seen", "XLEN %s:migrate", "XLEN %s:migrate:priority", "HLEN %s:migrated",
-				    "XLEN %s:migrate:dead" };
+	const char *commands[5] = { "SCARD %s:seen", NULL, NULL, "HLEN %s:migrated", "XLEN %s:migrate:dead" };
 	for (int i = 0; i < 5; i++) {
+		if (commands[i] == NULL) {
+			counts[i] = stream_undelivered(st, i == 1 ? "migrate" : "migrate:priority");
+			continue;
+		}
 		redisReply *r = migration_command(st, &rc, commands[i], p);
 		if (r == NULL)
 			return rc;

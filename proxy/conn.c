@@ -62,7 +62,7 @@ struct request {
 	int bucket; /* -1: not bucketed */
 	bool fallback_allowed;
 	bool decided; /* upstream holds a decision (not a request the proxy refused) */
-	bool refresh_after; /* a migrated user's write went to legacy: migrate again after it */
+	bool route_migrates; /* the route has migrate = true */
 	bool dechunk;       /* relay the decoded body (HTTP/1.0 client, chunked response) */
 	bool capture_created; /* create = legacy-first: find the new user's id in the response */
 	char created_field[FLAG_NAME_MAX + 1]; /* its JSON field, or "" for the Location header */
@@ -401,6 +401,7 @@ static int client_decide(struct client *c)
 		r->read_fallback = m.route->read_fallback;
 		r->breaker_failures = m.route->breaker_failures;
 		r->breaker_open_ms = m.route->breaker_open_ms;
+		r->route_migrates = m.route->migrate;
 	}
 	char why[256];
 	int found = matched ? route_user_id(&m, &view, r->user, &r->user_len, why, sizeof(why)) : USER_ID_NONE;
@@ -451,12 +452,8 @@ static int client_decide(struct client *c)
 	flag_eval(f, r->user, r->user_len, &d);
 	r->bucket = d.bucket;
 	r->reason = flag_reason_name(d.reason);
-	if (!d.on) {
-		/* The service has this user's data but the write goes around it:
-		 * have the worker copy the user again once legacy has it. */
-		r->refresh_after = !read && m.route->migrate && migrate_is_migrated(w->migrate, r->user, r->user_len);
+	if (!d.on)
 		return 0;
-	}
 	if (m.route->read_guard && !migrate_is_migrated(w->migrate, r->user, r->user_len)) {
 		/* Not in the service yet: reads and (by default) writes stay on
 		 * legacy, and the worker is asked to hurry. */
@@ -865,9 +862,15 @@ static void client_finish_request(struct client *c)
 	bool request_sent = c->head.message_done && c->forwarded == c->parsed && u->out.len == 0;
 	upstream_release(u, request_sent && http_should_keep_alive(&u->parser));
 	c->up = NULL;
-	if (r->refresh_after && r->status >= 200 && r->status < 300)
+	/* A write legacy took, for a user the service has or is being given
+	 * (a migration in flight may have read the user just before it):
+	 * migrate the user again, so the service's copy catches up. The
+	 * worker's version guard makes a needless repeat harmless. */
+	bool ok = r->status >= 200 && r->status < 300;
+	if (ok && r->route_migrates && !(r->method & METHODS_READ) && r->upstream == UPSTREAM_LEGACY &&
+	    r->user_len > 0 && !r->capture_created)
 		migrate_refresh(c->w->migrate, r->user, r->user_len);
-	if (r->capture_created && r->status >= 200 && r->status < 300)
+	if (ok && r->capture_created)
 		client_enqueue_created(c);
 	access_log_write(c);
 	if (!r->keep_alive || !c->head.message_done) {

@@ -127,6 +127,23 @@ static void test_put_string_round_trip(void **state)
 	buf_free(&b);
 }
 
+/* Bytes that are not UTF-8 still make valid JSON: U+FFFD each. */
+static void test_put_string_invalid_utf8(void **state)
+{
+	(void)state;
+	const char raw[] = "a\xff\xc3\xa9\xe2\x82" "b";
+	struct buf b;
+	buf_init(&b);
+	json_put_string(&b, raw, sizeof(raw) - 1);
+	assert_string_equal(b.data, "\"a\\ufffd\xc3\xa9\\ufffd\\ufffdb\"");
+	const char *why;
+	char *back = string_of(b.data, &why);
+	assert_non_null(back);
+	assert_string_equal(back, "a\xef\xbf\xbd\xc3\xa9\xef\xbf\xbd\xef\xbf\xbd" "b");
+	free(back);
+	buf_free(&b);
+}
+
 static void test_utf8(void **state)
 {
 	(void)state;
@@ -145,6 +162,7 @@ int main(void)
 		cmocka_unit_test(test_string_escapes),
 		cmocka_unit_test(test_string_errors),
 		cmocka_unit_test(test_put_string_round_trip),
+		cmocka_unit_test(test_put_string_invalid_utf8),
 		cmocka_unit_test(test_utf8),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
