@@ -233,19 +233,20 @@ static const char retry_script[] =
 	"redis.call('XADD', p .. ':migrate', '*', 'user', user, 'reason', 'retry', 'at', ARGV[4])\n"
 	"return 1\n";
 
-static const char *entry_user(const redisReply *e)
+/* The entry's user field (any bytes, NUL included), or NULL. */
+static const redisReply *entry_user(const redisReply *e)
 {
 	const redisReply *fields = e->element[1];
 	for (size_t k = 0; k + 1 < fields->elements; k += 2)
 		if (strcmp(fields->element[k]->str, "user") == 0)
-			return fields->element[k + 1]->str;
+			return fields->element[k + 1];
 	return NULL;
 }
 
-static bool listed(char **ids, int n, const char *user)
+static bool listed(char **ids, int n, const redisReply *user)
 {
 	for (int i = 0; i < n; i++)
-		if (user && strcmp(ids[i], user) == 0)
+		if (user && strlen(ids[i]) == user->len && memcmp(ids[i], user->str, user->len) == 0)
 			return true;
 	return n == 0;
 }
@@ -274,12 +275,12 @@ static int migration_dead(struct ctl *ctl, int argc, char **argv)
 	long long retried = 0;
 	for (size_t i = 0; i < r->elements && rc == CTL_EXIT_OK; i++) {
 		const redisReply *e = r->element[i];
-		const char *user = entry_user(e);
+		const redisReply *user = entry_user(e);
 		if (list) {
 			print_entry(ctl, e);
 		} else if (user && listed(argv + 2, argc - 2, user)) {
-			redisReply *done = migration_command(st, &rc, "EVAL %s 0 %s %s %s %s", retry_script, p,
-							     e->element[0]->str, user, at);
+			redisReply *done = migration_command(st, &rc, "EVAL %s 0 %s %s %b %s", retry_script, p,
+							     e->element[0]->str, user->str, user->len, at);
 			retried += done ? reply_int(done) : 0;
 			if (done)
 				freeReplyObject(done);

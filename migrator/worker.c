@@ -712,7 +712,10 @@ static bool ackable(const struct entry *e)
 }
 
 /* Round trip 3: one XACK per stream for the entries whose record Redis
- * accepted. Returns -1 when the connection failed. */
+ * accepted, then one XDEL of the same entries: an acknowledged entry is
+ * done with (its outcome is in migrated or in the dead-letter stream),
+ * and a stream that kept them would grow by one entry per user forever.
+ * Returns -1 when the connection failed. */
 static int ack_entries(struct worker *w, struct batch *b)
 {
 	const char **argv = xcalloc(b->nentries + 3, sizeof(*argv));
@@ -727,14 +730,18 @@ static int ack_entries(struct worker *w, struct batch *b)
 				argv[argc++] = b->entries[i].id;
 		if (argc > 3) {
 			redisAppendCommandArgv(w->redis, argc, argv, NULL);
-			sent++;
+			/* XDEL takes the same ids, without the group. */
+			argv[2] = argv[1];
+			argv[1] = "XDEL";
+			redisAppendCommandArgv(w->redis, argc - 1, argv + 1, NULL);
+			sent += 2;
 		}
 	}
 	while (sent-- > 0 && rc == 0) {
 		redisReply *r;
 		rc = next_reply(w, "XACK", &r);
 		if (rc == 0 && r->type == REDIS_REPLY_ERROR)
-			redis_refused(w, "XACK", r);
+			redis_refused(w, "XACK or XDEL", r);
 		if (rc == 0)
 			freeReplyObject(r);
 	}

@@ -1038,6 +1038,22 @@ static int client_take_input(struct client *c)
 			return 0;
 		limit = c->in.len + READ_CHUNK;
 		break;
+	case CLIENT_WAIT:
+		/* A client that hung up while its write waited for the migration
+		 * must not have the write carried out later. */
+		if (c->can_read && !c->peer_closed) {
+			bool eof = false;
+			if (read_into(c->fd, &c->in, c->in.len + READ_CHUNK, false, &c->can_read, &eof, &c->moved) < 0 ||
+			    eof)
+				c->peer_closed = true;
+		}
+		if (c->peer_closed) {
+			c->req.status = 499;
+			c->req.reason = "client-gone";
+			access_log_write(c);
+			return -1;
+		}
+		return 0;
 	default:
 		return 0;
 	}

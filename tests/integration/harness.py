@@ -1238,3 +1238,245 @@ def run_proxy(*args, timeout=10):
     if bad:
         _problem(bad)
     return rc, out, err
+
+
+# --- lazy migration: the legacy MongoDB, the import service, cutover-migrate ---
+#
+# migrate_worker.py and migrate_proxy.py run `cutover-migrate run` (Migrator)
+# against a MongoDB playing legacy (Mongo: tests/mongo_double.py, or the
+# server of CUTOVER_TEST_MONGO_URI) and import_service.py playing the user
+# service's import endpoint (ImportService). pymongo (Debian's
+# python3-pymongo) is imported only when a Mongo is made.
+
+MONGO_DOUBLE = os.path.join(SRCDIR, "tests", "mongo_double.py")
+MONGO_URI_ENV = "CUTOVER_TEST_MONGO_URI"
+IMPORT_SERVICE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "import_service.py")
+MIGRATE = os.path.join(BUILDDIR, "cutover-migrate")
+
+
+def _start_banner(proc, what):
+    """Reads "port N" then "ready" from a Process started with --port 0;
+    returns N."""
+    first = proc.wait_line(lambda line: True, 20)
+    port = None
+    if first and first.startswith("port "):
+        port = int(first.split()[1])
+        first = proc.wait_line(lambda line: True, 20)
+    if first != "ready" or port is None:
+        raise RuntimeError("%s did not start (%r):\n%s" % (what, first, proc.stderr()))
+    return port
+
+
+class Mongo:
+    """The legacy MongoDB of a test script: the server named by
+    CUTOVER_TEST_MONGO_URI when it is set (unauthenticated, no TLS), else
+    a tests/mongo_double.py started here (stopped with the script).
+
+    database(tag) names a database of its own for each test
+    (cutover_it_<PREFIX>_<n>_<tag>) and returns it as a pymongo Database;
+    the databases made on a real server are dropped at close()."""
+
+    _count = 0
+
+    def __init__(self):
+        import pymongo
+        self.real = os.environ.get(MONGO_URI_ENV) or None
+        self.double = None
+        if self.real:
+            self.uri = self.real
+        else:
+            self.double = Process([PYTHON, MONGO_DOUBLE, "--port", "0"], name="mongo-double",
+                                  read_stdout=True, expect_rc=0)
+            self.uri = "mongodb://127.0.0.1:%d/" % _start_banner(self.double, "mongo_double.py")
+        self.client = pymongo.MongoClient(self.uri, serverSelectionTimeoutMS=5000, socketTimeoutMS=60000)
+        self.names = []
+        self.closed = False
+        atexit.register(self.close)
+
+    def database(self, tag=""):
+        """A fresh database for one test (a pymongo Database); its name is
+        .name, for the migrator's legacy.database."""
+        Mongo._count += 1
+        name = "cutover_it_%s_%d%s" % (PREFIX, Mongo._count, "_" + tag if tag else "")
+        name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)[:60]
+        self.names.append(name)
+        return self.client[name]
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        if self.real:
+            for name in self.names:
+                try:
+                    self.client.drop_database(name)
+                except Exception:
+                    pass
+        try:
+            self.client.close()
+        except Exception:
+            pass
+        if self.double is not None:
+            self.double.stop()
+
+
+class ImportService(Process):
+    """import_service.py: the user service's import endpoint (PUT
+    /internal/import/users/{id} with its version guard), in memory, on a
+    free port. url() is the template for the migrator's sink.url."""
+
+    def __init__(self, *args):
+        self.port = None
+        super().__init__([PYTHON, IMPORT_SERVICE, "--port", "0"] + [str(a) for a in args],
+                         name="import-service", read_stdout=True, expect_rc=0)
+
+    def start(self):
+        super().start()
+        self.port = _start_banner(self, "import_service.py")
+
+    def url(self):
+        return "http://127.0.0.1:%d/internal/import/users/{id}" % self.port
+
+    def _call(self, method, path, body=None, headers=None):
+        data = None if body is None else jsonlib.dumps(body).encode()
+        return http_request("127.0.0.1", self.port, method, path, headers, data, timeout=10)
+
+    def stats(self):
+        return self._call("GET", "/_import/stats").json()
+
+    def user(self, user):
+        """The stored copy of user: {"doc", "version", "puts", "headers"},
+        or None."""
+        import urllib.parse
+        r = self._call("GET", "/_import/users/" + urllib.parse.quote(user, safe=""))
+        return r.json() if r.status == 200 else None
+
+    def users(self):
+        """{id: {"doc", "version", "puts"}} of every stored user."""
+        return self._call("GET", "/_import/users").json()["users"]
+
+    def mode(self, **change):
+        """POST /_import/mode: status=500 (0: normal), fail_first=K,
+        fail_status=N, users={id: status}, delay_ms=MS."""
+        return self._call("POST", "/_import/mode", change).json()
+
+    def reset(self):
+        return self._call("POST", "/_import/reset", {}).json()
+
+    def put(self, user, doc, version=None):
+        """Stores a copy of user directly, as an earlier import would have."""
+        import urllib.parse
+        headers = {"Content-Type": "application/json"}
+        if version is not None:
+            headers["X-Cutover-Version"] = str(version)
+        return self._call("PUT", "/_import/users/" + urllib.parse.quote(user, safe=""), doc, headers).status
+
+
+# The mapping of conf/migrate.conf.
+MIGRATE_MAPPING = {
+    "keep": [],
+    "drop": ["passwordHash", "legacyFlags"],
+    "rename": ["emailAddress:email"],
+    "default": ['locale:"en"', "marketingOptIn:false"],
+}
+
+
+def _conf_list(values):
+    # libconfuse strings: single quotes spare escaping the double ones.
+    return "{ %s }" % ", ".join("'%s'" % v if '"' in v else _conf_value(v) for v in values)
+
+
+class Migrator(Process):
+    """`cutover-migrate run -c FILE` with a config written from settings;
+    stop() (SIGTERM) wants exit 0 and no sanitizer report.
+
+    settings (all optional):
+      redis_url, prefix   default: the first RedisServer, PREFIX
+      collection          "users"
+      id_type             "string"
+      sink                {"type": "http", "url": ..., "timeout": 5000} (sink_url
+                          fills url)
+      version_field       "updatedAt" (None: left out)
+      mapping             MIGRATE_MAPPING
+      batch, block        100, 200
+      consumer            left out (hostname-pid)
+      retry               {"attempts": 5, "backoff": 50, "backoff_max": 500}
+      claim_idle          1000
+      metrics_file        DIR/metrics.json (None: left out)
+      log_level           "info"
+      extra               raw text appended
+    """
+
+    def __init__(self, mongo_uri, database, sink_url=None, **settings):
+        self.settings = dict(settings, mongo_uri=mongo_uri, database=database, sink_url=sink_url)
+        self.confdir = tempfile.mkdtemp(prefix="cutover-it-migrate-conf-")
+        _tempdirs.append(self.confdir)
+        self.conf = os.path.join(self.confdir, "migrate.conf")
+        self.metrics_file = self.settings.get("metrics_file", os.path.join(self.confdir, "metrics.json"))
+        with open(self.conf, "w") as f:
+            f.write(self.render())
+        super().__init__([MIGRATE, "run", "-c", self.conf], name="cutover-migrate", expect_rc=0)
+
+    def render(self, **overrides):
+        s = dict(self.settings, **overrides)
+        sink = {"type": "http", "url": s.get("sink_url"), "timeout": 5000}
+        sink.update(s.get("sink") or {})
+        if sink["type"] != "http":
+            sink.pop("url", None)
+        retry = {"attempts": 5, "backoff": 50, "backoff_max": 500}
+        retry.update(s.get("retry") or {})
+        mapping = dict(MIGRATE_MAPPING, **(s.get("mapping") or {}))
+        out = ["redis {",
+               "\turl = %s" % _conf_value(s.get("redis_url") or _default_url()),
+               "\tprefix = %s" % _conf_value(s.get("prefix") or PREFIX),
+               "}",
+               "legacy {",
+               "\turi = %s" % _conf_value(s["mongo_uri"]),
+               "\tdatabase = %s" % _conf_value(s["database"]),
+               "\tcollection = %s" % _conf_value(s.get("collection", "users")),
+               "\tid_type = %s" % _conf_value(s.get("id_type", "string")),
+               "}",
+               "sink {"]
+        out += ["\t%s = %s" % (k, _conf_value(v)) for k, v in sink.items() if v is not None]
+        out.append("}")
+        vf = s.get("version_field", "updatedAt")
+        if vf is not None:
+            out.append("version_field = %s" % _conf_value(vf))
+        out.append("mapping {")
+        out += ["\t%s = %s" % (k, _conf_list(v)) for k, v in mapping.items()]
+        out.append("}")
+        out += ["batch = %d" % s.get("batch", 100), "block = %d" % s.get("block", 200)]
+        if s.get("consumer"):
+            out.append("consumer = %s" % _conf_value(s["consumer"]))
+        out.append("retry {")
+        out += ["\t%s = %d" % (k, v) for k, v in retry.items()]
+        out.append("}")
+        out.append("claim_idle = %d" % s.get("claim_idle", 1000))
+        if self.metrics_file:
+            out.append("metrics_file = %s" % _conf_value(self.metrics_file))
+        out.append("log_level = %s" % _conf_value(s.get("log_level", "info")))
+        out.append(s.get("extra", ""))
+        return "\n".join(out) + "\n"
+
+    def metrics(self):
+        """The metrics file as a dict, or None (not written yet)."""
+        try:
+            with open(self.metrics_file) as f:
+                return jsonlib.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def wait_metrics(self, pred, timeout=10.0):
+        """The metrics once pred(metrics) is true, or None at the deadline."""
+        def check():
+            m = self.metrics()
+            return m if m is not None and pred(m) else None
+        return poll(check, timeout, 0.05)
+
+
+def migration_keys(prefix=None):
+    """The Redis names of docs/design.md, "Lazy migration", under prefix."""
+    p = prefix or PREFIX
+    return {"seen": p + ":seen", "migrate": p + ":migrate", "priority": p + ":migrate:priority",
+            "dead": p + ":migrate:dead", "attempts": p + ":migrate:attempts", "migrated": p + ":migrated",
+            "changed": p + ":migrated:changed"}
