@@ -55,11 +55,13 @@ static double stream_lag_s(struct flag_store *st, const char *stream)
 	if (r)
 		freeReplyObject(r);
 	r = redisCommand(c, "XINFO GROUPS %s:%s", p, stream);
+	bool grouped = false;
 	for (size_t g = 0; r && r->type == REDIS_REPLY_ARRAY && g < r->elements; g++) {
 		const redisReply *info = r->element[g];
 		for (size_t k = 0; k + 1 < info->elements; k += 2) {
 			if (strcmp(info->element[k]->str, "last-delivered-id") != 0)
 				continue;
+			grouped = true;
 			redisReply *next = redisCommand(c, "XRANGE %s:%s (%s + COUNT 1", p, stream, info->element[k + 1]->str);
 			if (next && next->type == REDIS_REPLY_ARRAY && next->elements == 1) {
 				double age = entry_age_s(next->element[0]->element[0]->str);
@@ -71,6 +73,14 @@ static double stream_lag_s(struct flag_store *st, const char *stream)
 	}
 	if (r)
 		freeReplyObject(r);
+	if (!grouped) {
+		/* No worker has ever read it: its first entry waits longest. */
+		r = redisCommand(c, "XRANGE %s:%s - + COUNT 1", p, stream);
+		if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 1)
+			lag = entry_age_s(r->element[0]->element[0]->str);
+		if (r)
+			freeReplyObject(r);
+	}
 	return lag;
 }
 

@@ -66,7 +66,9 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
 	}
 	label_routes(cfg);
 	config_slot_publish(&m->proxy.config, cfg);
-	log_info("reloaded %s: %zu routes (listen addresses and workers change only on restart)", m->config_path,
+	log_info("reloaded %s: %zu routes (listen and admin addresses, workers, access_log and the Redis URL and "
+		 "prefix change only on restart)",
+		 m->config_path,
 		 cfg->nroutes);
 }
 
