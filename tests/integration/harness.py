@@ -1212,6 +1212,25 @@ def eval_users(flag, users):
     return res
 
 
+def sync_flags(t, srv, p, what):
+    """Waits until proxy p holds the store's current flag version; a
+    failed test point if it does not within 5 s."""
+    v = store_version(srv)
+    ok = p.wait_flags_version(v, 5)
+    if not ok:
+        t.ok(False, "the proxy picks up the flag change (%s): version %d" % (what, v),
+             "proxy has version %r" % p.flags_version())
+    return ok
+
+
+def change_flags(t, srv, p, what, *commands):
+    """Runs cutoverctl commands (see ctl_all), then sync_flags."""
+    bad = ctl_all(*commands)
+    if bad:
+        t.ok(False, "cutoverctl: %s" % what, bad)
+    return sync_flags(t, srv, p, what)
+
+
 def run_proxy(*args, timeout=10):
     """Runs cutover-proxy ARGS to completion (--check-config, --version):
     (exit_code, stdout, stderr), exit_code None on a timeout. A sanitizer

@@ -19,20 +19,8 @@ import harness  # noqa: E402
 from harness import ctl_all, eval_users, metric_sum, run_ctl
 
 
-def sync(t, srv, p, what):
-    v = harness.store_version(srv)
-    ok = p.wait_flags_version(v, 5)
-    if not ok:
-        t.ok(False, "the proxy picks up the flag change (%s): version %d" % (what, v),
-             "proxy has version %r" % p.flags_version())
-    return ok
 
 
-def change(t, srv, p, what, *commands):
-    bad = ctl_all(*commands)
-    if bad:
-        t.ok(False, "cutoverctl: %s" % what, bad)
-    return sync(t, srv, p, what)
 
 
 def worker_totals(p):
@@ -80,7 +68,7 @@ def audit_ms(srv, ctl_out):
 
 
 def test_kill(t, srv, p, service):
-    change(t, srv, p, "users-read at 100%", ("flag", "set", "users-read", "--percent", "100%"))
+    harness.change_flags(t, srv, p, "users-read at 100%", ("flag", "set", "users-read", "--percent", "100%"))
     by = connections_per_worker(p)
     conns = [c for cs in by.values() for c in cs]
     t.ok(len(by) == 2 and len(conns) == 4, "two keep-alive connections on each of the 2 workers",
@@ -96,7 +84,7 @@ def test_kill(t, srv, p, service):
     latencies, why = [], []
     for round_no in range(5):
         if round_no:
-            change(t, srv, p, "unkill", ("flag", "unkill", "users-read"))
+            harness.change_flags(t, srv, p, "unkill", ("flag", "unkill", "users-read"))
         before = [p.get("/api/users/k%d" % k, conn=c).route for k, c in enumerate(conns)]
         if before != ["service"] * len(conns):
             why.append("round %d: before the kill the connections went to %r" % (round_no, before))
@@ -149,7 +137,7 @@ def test_kill(t, srv, p, service):
 
 
 def test_redis_down(t, srv, p):
-    change(t, srv, p, "unkill, 50%", ("flag", "unkill", "users-read"),
+    harness.change_flags(t, srv, p, "unkill, 50%", ("flag", "unkill", "users-read"),
            ("flag", "set", "users-read", "--percent", "50%"))
     users = ["rd%d" % i for i in range(30)]
     ev = eval_users("users-read", users)
@@ -179,7 +167,7 @@ def test_redis_down(t, srv, p):
 
 
 def test_service_down(t, srv, p, service):
-    change(t, srv, p, "everything at 100%", ("flag", "set", "users-read", "--percent", "100%"),
+    harness.change_flags(t, srv, p, "everything at 100%", ("flag", "set", "users-read", "--percent", "100%"),
            ("flag", "set", "users-write", "--percent", "100%"))
     r = p.get("/api/users/sd0")
     t.eq((r.route, r.upstream), ("service", "service"), "before: a read goes to the service")

@@ -48,20 +48,8 @@ route me {
 """
 
 
-def sync(t, srv, p, what):
-    v = harness.store_version(srv)
-    ok = p.wait_flags_version(v, 5)
-    if not ok:
-        t.ok(False, "the proxy picks up the flag change (%s): version %d" % (what, v),
-             "proxy has version %r" % p.flags_version())
-    return ok
 
 
-def change(t, srv, p, what, *commands):
-    bad = ctl_all(*commands)
-    if bad:
-        t.ok(False, "cutoverctl: %s" % what, bad)
-    return sync(t, srv, p, what)
 
 
 def write(dirname, name, text):
@@ -149,7 +137,7 @@ def test_not_ready(t, srv, legacy, service):
 
 
 def test_admin(t, srv, p):
-    change(t, srv, p, "users-read 100%", ("flag", "set", "users-read", "--percent", "100%"))
+    harness.change_flags(t, srv, p, "users-read 100%", ("flag", "set", "users-read", "--percent", "100%"))
     r = p.admin("/healthz")
     t.eq((r.status, r.body), (200, b"ok\n"), "/healthz: 200 ok")
     t.eq(p.admin("/readyz").status, 200, "/readyz: 200 with the flags loaded")
@@ -205,7 +193,7 @@ def test_admin_token(t, legacy, service):
 
 
 def test_access_log(t, srv, p, service):
-    change(t, srv, p, "lists", ("flag", "set", "users-read", "--percent", "0%"),
+    harness.change_flags(t, srv, p, "lists", ("flag", "set", "users-read", "--percent", "0%"),
            ("flag", "allow", "users-read", "al-allowed"), ("flag", "deny", "users-read", "al-denied"),
            ("cohort", "add", "beta", "al-cohort"), ("flag", "cohort", "add", "users-read", "beta"),
            ("flag", "disable", "users-write"))
@@ -236,12 +224,12 @@ def test_access_log(t, srv, p, service):
             ok = ok and e.get("bucket") == ev[user]["bucket"]
         t.ok(ok, "access log, reason %s: %s %s -> %s, user %s, route %s" % (reason, method, path, decision, user,
                                                                              route), repr(e))
-    change(t, srv, p, "kill users-write", ("flag", "enable", "users-write"), ("flag", "kill", "users-write"))
+    harness.change_flags(t, srv, p, "kill users-write", ("flag", "enable", "users-write"), ("flag", "kill", "users-write"))
     r = p.request("DELETE", "/api/users/al-plain")
     e = p.access_entry(r.request_id) or {}
     t.eq((r.route, e.get("reason"), e.get("flag"), e.get("method")), ("legacy", "kill", "users-write", "DELETE"),
          "access log, reason kill: a write with its flag killed goes to legacy")
-    change(t, srv, p, "users-read 100%", ("flag", "set", "users-read", "--percent", "100%"))
+    harness.change_flags(t, srv, p, "users-read 100%", ("flag", "set", "users-read", "--percent", "100%"))
     service.kill()
     r = p.get("/api/users/al-fallback")
     e = p.access_entry(r.request_id) or {}

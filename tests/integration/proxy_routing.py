@@ -24,21 +24,8 @@ SECRET = "force-me-0123456789-secret"
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def sync(t, srv, p, what):
-    """Waits until the proxy holds the store's current flag version."""
-    v = harness.store_version(srv)
-    ok = p.wait_flags_version(v, 5)
-    if not ok:
-        t.ok(False, "the proxy picks up the flag change (%s): version %d" % (what, v),
-             "proxy has version %r" % p.flags_version())
-    return ok
 
 
-def change(t, srv, p, what, *commands):
-    bad = ctl_all(*commands)
-    if bad:
-        t.ok(False, "cutoverctl: %s" % what, bad)
-    return sync(t, srv, p, what)
 
 
 def jwt(claims):
@@ -53,7 +40,7 @@ def where(r):
 
 
 def test_read_write(t, srv, p):
-    change(t, srv, p, "50% each", ("flag", "set", "users-read", "--percent", "50%"),
+    harness.change_flags(t, srv, p, "50% each", ("flag", "set", "users-read", "--percent", "50%"),
            ("flag", "set", "users-write", "--percent", "50%"))
     users = ["rw%d" % i for i in range(40)]
     reads, writes = eval_users("users-read", users), eval_users("users-write", users)
@@ -99,7 +86,7 @@ def test_read_write(t, srv, p):
 
 
 def test_unmatched(t, srv, p):
-    change(t, srv, p, "100% each", ("flag", "set", "users-read", "--percent", "100%"),
+    harness.change_flags(t, srv, p, "100% each", ("flag", "set", "users-read", "--percent", "100%"),
            ("flag", "set", "users-write", "--percent", "100%"))
     r = p.get("/api/users/anyone")
     t.eq(where(r), ("service", "service"), "at 100% a matched request goes to the service")
@@ -126,7 +113,7 @@ def reason_of(p, r):
 
 
 def test_lists(t, srv, p):
-    change(t, srv, p, "lists at 0%", ("flag", "set", "users-read", "--percent", "0%"),
+    harness.change_flags(t, srv, p, "lists at 0%", ("flag", "set", "users-read", "--percent", "0%"),
            ("flag", "allow", "users-read", "qa-alice"), ("cohort", "add", "beta", "c-carol", "bad-bob"),
            ("flag", "cohort", "add", "users-read", "beta"), ("flag", "deny", "users-read", "bad-bob"))
     got = {}
@@ -145,15 +132,15 @@ def test_lists(t, srv, p):
     t.eq((where(r), reason_of(p, r), (r.json() or {}).get("path")),
          (("service", "service"), ("allow", "qa-alice"), "/api/users/qa%2Dali%63e"),
          "a percent-encoded path parameter is decoded for the user id (the upstream gets the path as sent)")
-    change(t, srv, p, "100%", ("flag", "set", "users-read", "--percent", "100%"))
+    harness.change_flags(t, srv, p, "100%", ("flag", "set", "users-read", "--percent", "100%"))
     r1, r2 = p.get("/api/users/bad-bob"), p.get("/api/users/plain-pete")
     t.eq((where(r1), where(r2)), (("legacy", "legacy"), ("service", "service")),
          "at 100% the denied user still stays on legacy, everyone else moves")
-    change(t, srv, p, "disabled", ("flag", "disable", "users-read"))
+    harness.change_flags(t, srv, p, "disabled", ("flag", "disable", "users-read"))
     r = p.get("/api/users/qa-alice")
     t.eq((where(r), reason_of(p, r)), (("legacy", "legacy"), ("flag-off", "qa-alice")),
          "a disabled flag sends even allowed users to legacy (reason flag-off)")
-    change(t, srv, p, "enabled at 0%", ("flag", "enable", "users-read"),
+    harness.change_flags(t, srv, p, "enabled at 0%", ("flag", "enable", "users-read"),
            ("flag", "set", "users-read", "--percent", "0%"))
 
 
@@ -182,7 +169,7 @@ def test_me_sources(t, srv, p):
 
 
 def test_body_user(t, srv, p):
-    change(t, srv, p, "write flag at 0% with an allowed email", ("flag", "set", "users-write", "--percent", "0%"),
+    harness.change_flags(t, srv, p, "write flag at 0% with an allowed email", ("flag", "set", "users-write", "--percent", "0%"),
            ("flag", "allow", "users-write", "carol@example.com"))
     body = json.dumps({"name": "Carol", "email": "carol@example.com", "tags": ["a", "b"]}).encode()
     r = p.request("POST", "/api/users", body=body, headers={"Content-Type": "application/json"})
@@ -203,7 +190,7 @@ def test_body_user(t, srv, p):
 
 
 def test_distribution(t, srv, p):
-    change(t, srv, p, "10%", ("flag", "set", "users-read", "--percent", "10%"))
+    harness.change_flags(t, srv, p, "10%", ("flag", "set", "users-read", "--percent", "10%"))
     users = ["u%d" % i for i in range(10000)]
 
     def run_all(users):
@@ -261,7 +248,7 @@ def test_distribution(t, srv, p):
     t.ok(not bad_log, "the access log's bucket, reason, flag and decision match flag eval (%d sampled)" % len(sample),
          repr(bad_log[:5]))
 
-    change(t, srv, p, "20%", ("flag", "set", "users-read", "--percent", "20%"))
+    harness.change_flags(t, srv, p, "20%", ("flag", "set", "users-read", "--percent", "20%"))
     at20 = run_all(users)
     on20 = {u for u, v in at20.items() if v == ("service", "service")}
     t.ok(1900 <= len(on20) <= 2100, "at 20%%: %d of 10,000 users on the service (20%% +-1%%)" % len(on20))
@@ -282,7 +269,7 @@ def raw_get(p, head_lines):
 
 
 def test_headers(t, srv, p):
-    change(t, srv, p, "users-read 100%", ("flag", "set", "users-read", "--percent", "100%"))
+    harness.change_flags(t, srv, p, "users-read 100%", ("flag", "set", "users-read", "--percent", "100%"))
     r = raw_get(p, [
         "GET /api/users/hdr?q=1 HTTP/1.1",
         "Host: front.example:8080",
@@ -352,7 +339,7 @@ def test_headers(t, srv, p):
 
 
 def test_force(t, srv, p):
-    change(t, srv, p, "users-read 0%", ("flag", "set", "users-read", "--percent", "0%"))
+    harness.change_flags(t, srv, p, "users-read 0%", ("flag", "set", "users-read", "--percent", "0%"))
     r = p.get("/api/users/tester", {"X-Cutover-Force": "service " + SECRET})
     doc = r.json() or {}
     t.ok(r.status == 200 and where(r) == ("service", "service") and "x-cutover-force" not in doc.get("headers", {}),
@@ -367,7 +354,7 @@ def test_force(t, srv, p):
         t.ok(r.status == 200 and where(r) == ("legacy", "legacy") and "x-cutover-force" not in doc.get("headers", {})
              and reason_of(p, r)[0] == "bucket",
              "X-Cutover-Force with %s is ignored (legacy, reason bucket) and stripped" % desc, repr(r))
-    change(t, srv, p, "users-read 100%", ("flag", "set", "users-read", "--percent", "100%"))
+    harness.change_flags(t, srv, p, "users-read 100%", ("flag", "set", "users-read", "--percent", "100%"))
     r = p.get("/api/users/tester", {"X-Cutover-Force": "legacy " + SECRET})
     t.eq((where(r), reason_of(p, r)[0]), (("legacy", "legacy"), "force"),
          "X-Cutover-Force: legacy <secret> keeps a user on legacy at 100%")
