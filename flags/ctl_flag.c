@@ -152,13 +152,13 @@ static int run_edit(struct ctl *ctl, const char *name, const char *action, struc
 	return rc;
 }
 
-/* Verbs that take exactly one operand, the flag name. */
+/* Verbs that take exactly one operand, a valid flag name. */
 static int one_name(const struct ctl_verb *verb, int argc, char **argv, const char **name)
 {
 	if (argc != 2 || argv[1][0] == '-')
 		return ctl_usage_error("flag", verb, "expected exactly one flag name");
 	*name = argv[1];
-	return CTL_EXIT_OK;
+	return ctl_check_name("flag", *name);
 }
 
 /* enable, disable, kill, unkill and rollback: fixed values, one change. */
@@ -289,8 +289,6 @@ static int flag_delete(struct ctl *ctl, int argc, char **argv)
 {
 	const char *name = NULL;
 	int rc = one_name(ctl_verb_named(ctl_flag_verbs, "delete"), argc, argv, &name);
-	if (rc == CTL_EXIT_OK)
-		rc = ctl_check_name("flag", name);
 	if (rc != CTL_EXIT_OK)
 		return rc;
 	struct flag_store *st = ctl_store(ctl);
@@ -360,8 +358,6 @@ static int flag_get(struct ctl *ctl, int argc, char **argv)
 {
 	const char *name = NULL;
 	int rc = one_name(ctl_verb_named(ctl_flag_verbs, "get"), argc, argv, &name);
-	if (rc == CTL_EXIT_OK)
-		rc = ctl_check_name("flag", name);
 	if (rc != CTL_EXIT_OK)
 		return rc;
 	struct flag_store *st = ctl_store(ctl);
