@@ -131,6 +131,50 @@ int ctl_check_ids(char **ids, size_t n)
 	return CTL_EXIT_OK;
 }
 
+/* The share of users a flag sends to the service: 0 when off. Lists and
+ * cohorts aside, which are few by design. */
+static int service_share(const struct flag *f)
+{
+	return f->enabled && !f->kill ? f->percent : 0;
+}
+
+/*
+ * After a change to a flag named like "<x>read<y>" or "<x>write<y>",
+ * compares it with its sibling and warns (on stderr) when the pair now
+ * sends some users' writes to the service while their reads stay on
+ * legacy: those users would not read their own writes until sync-back
+ * caught up (README, "Which read/write flag combinations stay
+ * consistent"). Silent when there is no sibling.
+ */
+static void warn_risky_pair(struct flag_store *st, const struct flag *changed)
+{
+	const char *name = changed->name;
+	const char *at = strstr(name, "write");
+	bool is_write = at != NULL;
+	if (!is_write && (at = strstr(name, "read")) == NULL)
+		return;
+	char sibling[FLAG_NAME_MAX + 8];
+	snprintf(sibling, sizeof(sibling), "%.*s%s%s", (int)(at - name), name, is_write ? "read" : "write",
+		 at + (is_write ? 5 : 4));
+	struct flag *other = NULL;
+	char err[512];
+	if (flag_store_get(st, sibling, &other, err, sizeof(err)) != STORE_OK)
+		return;
+	const struct flag *rd = is_write ? other : changed, *wr = is_write ? changed : other;
+	int reads = service_share(rd), writes = service_share(wr);
+	if (writes > 0 && (writes > reads || strcmp(rd->salt, wr->salt) != 0)) {
+		char pr[16], pw[16];
+		flag_percent_format(reads, pr, sizeof(pr));
+		flag_percent_format(writes, pw, sizeof(pw));
+		fprintf(stderr,
+			"cutoverctl: warning: %s sends writes of %s of users to the service but %s sends only %s of reads "
+			"there%s: some users will not read their own writes until sync-back catches up\n",
+			wr->name, pw, rd->name, pr,
+			strcmp(rd->salt, wr->salt) != 0 ? " (and their salts differ, so the rollouts do not nest)" : "");
+	}
+	flag_free(other);
+}
+
 static int run_edit(struct ctl *ctl, const char *name, const char *action, struct flag_edit *e)
 {
 	int rc = ctl_check_name("flag", name);
@@ -143,10 +187,12 @@ static int run_edit(struct ctl *ctl, const char *name, const char *action, struc
 	struct flag *after = NULL;
 	long long version;
 	int status = flag_store_update(st, name, action, edit_apply, e, ctl->actor, &after, &version, err, sizeof(err));
-	if (status == STORE_OK)
+	if (status == STORE_OK) {
 		rc = ctl_print_change(ctl, name, e->before, after, version);
-	else
+		warn_risky_pair(st, after);
+	} else {
 		rc = ctl_fail(status, err);
+	}
 	flag_free(e->before);
 	flag_free(after);
 	return rc;

@@ -503,6 +503,32 @@ def test_listing(t, r):
          "flag cohort list: the flag's cohorts with their sizes (unknown cohort: 0)")
 
 
+def test_risky_pairs(t):
+    """Writes of a pair going to the service ahead of its reads: a warning."""
+    pv = P + "-pair"
+    for name in ("orders-read", "orders-write"):
+        run_ctl("flag", "create", name, "--salt", "orders", prefix=pv)
+        run_ctl("flag", "enable", name, prefix=pv)
+    rc, out, err = run_ctl("flag", "set", "orders-write", "--percent", "20%", prefix=pv)
+    t.ok(rc == 0 and "warning: orders-write sends writes of 20% of users to the service but orders-read sends "
+         "only 0% of reads" in err, "writes ahead of reads: cutoverctl warns, and still makes the change",
+         "exit %s err %r" % (rc, err))
+    rc, out, err = run_ctl("flag", "set", "orders-read", "--percent", "30%", prefix=pv)
+    t.ok(rc == 0 and "warning" not in err, "reads ahead of writes (nested, same salt): no warning", err)
+    rc, out, err = run_ctl("flag", "kill", "orders-read", prefix=pv)
+    t.ok(rc == 0 and "orders-read sends only 0% of reads" in err,
+         "killing the reads while writes are on: the warning says so", err)
+    run_ctl("flag", "create", "users-read", prefix=pv)
+    run_ctl("flag", "create", "users-write", prefix=pv)
+    run_ctl("flag", "enable", "users-read", prefix=pv)
+    run_ctl("flag", "set", "users-read", "--percent", "50%", prefix=pv)
+    run_ctl("flag", "enable", "users-write", prefix=pv)
+    rc, out, err = run_ctl("flag", "set", "users-write", "--percent", "10%", prefix=pv)
+    t.ok(rc == 0 and "salts differ" in err, "a pair with different salts warns that the rollouts do not nest", err)
+    rc, out, err = run_ctl("flag", "set", "users-read", "--percent", "60%", prefix=pv)
+    t.ok("salts differ" in err, "the warning also follows a change to the read flag", err)
+
+
 def body(t):
     with harness.RedisServer() as srv:
         r = srv.client()
@@ -517,6 +543,7 @@ def body(t):
         test_listing(t, r)
         test_unreachable(t)
         test_password(t)
+        test_risky_pairs(t)
 
 
 if __name__ == "__main__":
