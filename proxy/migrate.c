@@ -51,6 +51,8 @@ struct migrate_link {
 	struct event *retry;
 	struct idset seen;
 	struct idset migrated;
+	struct idset prioritized; /* priority entries sent in this quiet period */
+	int ticks;
 };
 
 /* SADD to seen, and XADD only when the user is new. */
@@ -169,6 +171,12 @@ static void link_on_tick(evutil_socket_t fd, short what, void *arg)
 			      memory_order_relaxed);
 	atomic_store_explicit(&wm->migrated_known, m->migrated.count, memory_order_relaxed);
 	atomic_store_explicit(&wm->migrate_link_up, m->subscribed, memory_order_relaxed);
+	/* The script allows one priority entry per user per 30 s; forgetting
+	 * our own record at the same pace means we ask again no sooner. */
+	if (++m->ticks % 30 == 0) {
+		idset_free(&m->prioritized);
+		idset_init(&m->prioritized, (size_t)m->w->cfg->seen_cache, true);
+	}
 	if (m->cmd != NULL && !m->subscribed && clock_monotonic_us() - m->connect_started_us > LINK_CONNECT_TIMEOUT_US)
 		link_fail(m, "no answer within 2 s");
 }
@@ -220,6 +228,7 @@ struct migrate_link *migrate_link_new(struct worker *w)
 	m->changed_channel = buf_detach(&channel);
 	idset_init(&m->seen, (size_t)w->cfg->seen_cache, true);
 	idset_init(&m->migrated, 0, false);
+	idset_init(&m->prioritized, (size_t)w->cfg->seen_cache, true);
 	m->backoff_ms = LINK_BACKOFF_MIN_MS;
 	m->tick = event_new(w->base, -1, EV_PERSIST, link_on_tick, m);
 	m->retry = evtimer_new(w->base, link_on_retry, m);
@@ -239,6 +248,7 @@ void migrate_link_free(struct migrate_link *m)
 	event_free(m->retry);
 	idset_free(&m->seen);
 	idset_free(&m->migrated);
+	idset_free(&m->prioritized);
 	redis_url_free(&m->url);
 	free(m->prefix);
 	free(m->changed_channel);
@@ -302,6 +312,12 @@ void migrate_created(struct migrate_link *m, const char *user, size_t len)
  * per 30 s per user, across all proxies). */
 void migrate_priority(struct migrate_link *m, const char *user, size_t len)
 {
+	/* Every read of an unmigrated user lands here: without this local
+	 * record each one would cost a script call that Redis then ignores. */
+	uint64_t h = idset_hash(user, len);
+	if (idset_has(&m->prioritized, h))
+		return;
+	idset_add(&m->prioritized, h);
 	link_enqueue(m, priority_script, user, len, "read-guard");
 }
 
