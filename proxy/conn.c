@@ -508,14 +508,22 @@ static void client_request_id(struct client *c)
 	uint64_t *s = &c->w->rng;
 	uint64_t a = (*s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17);
 	uint64_t b = (*s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17);
-	snprintf(c->req.id, sizeof(c->req.id), "%016llx%016llx", (unsigned long long)a, (unsigned long long)b);
+	static const char hex[] = "0123456789abcdef";
+	for (int i = 0; i < 16; i++) {
+		c->req.id[i] = hex[(a >> (60 - 4 * i)) & 0xf];
+		c->req.id[16 + i] = hex[(b >> (60 - 4 * i)) & 0xf];
+	}
+	c->req.id[32] = '\0';
 }
 
 /* The request head as the upstream gets it. */
 static void client_write_upstream_head(struct client *c, struct buf *out)
 {
 	const char *base = c->in.data;
-	buf_printf(out, "%s ", http_method_str(c->parser.method));
+	/* Plain appends on the request path: formatting with printf cost
+	 * about 6% of the proxy's CPU (bench/, callgrind). */
+	buf_puts(out, http_method_str(c->parser.method));
+	buf_putc(out, ' ');
 	buf_append(out, base + c->head.url.off, c->head.url.len);
 	buf_puts(out, " HTTP/1.1\r\n");
 	size_t host_len = 0;
@@ -540,13 +548,16 @@ static void client_write_upstream_head(struct client *c, struct buf *out)
 			buf_puts(out, ", ");
 		}
 	}
-	buf_printf(out, "%s\r\nX-Forwarded-Proto: http\r\n", c->peer);
+	buf_puts(out, c->peer);
+	buf_puts(out, "\r\nX-Forwarded-Proto: http\r\n");
 	if (host) {
 		buf_puts(out, "X-Forwarded-Host: ");
 		buf_append(out, host, host_len);
 		buf_puts(out, "\r\n");
 	}
-	buf_printf(out, "X-Request-Id: %s\r\n\r\n", c->req.id);
+	buf_puts(out, "X-Request-Id: ");
+	buf_puts(out, c->req.id);
+	buf_puts(out, "\r\n\r\n");
 }
 
 /* Copies request bytes the parser has consumed to the upstream. */
@@ -777,7 +788,12 @@ static void client_write_response_head(struct client *c, struct upstream_conn *u
 	const char *base = u->in.data;
 	struct request *r = &c->req;
 	r->status = u->parser.status_code;
-	buf_printf(&c->out, "HTTP/1.1 %d ", r->status);
+	/* http_parser only accepts three-digit status codes. */
+	char status_line[] = "HTTP/1.1 000 ";
+	status_line[9] = (char)('0' + r->status / 100);
+	status_line[10] = (char)('0' + r->status / 10 % 10);
+	status_line[11] = (char)('0' + r->status % 10);
+	buf_puts(&c->out, status_line);
 	buf_append(&c->out, base + u->head.status.off, u->head.status.len);
 	buf_puts(&c->out, "\r\n");
 	/* An HTTP/1.0 client cannot read chunked framing: it gets the
@@ -791,10 +807,14 @@ static void client_write_response_head(struct client *c, struct upstream_conn *u
 		r->keep_alive = false;
 	}
 	if (c->w->cfg->route_header)
-		buf_printf(&c->out, "X-Cutover-Route: %s\r\n", upstream_kind_name(r->upstream));
+		buf_puts(&c->out, r->upstream == UPSTREAM_SERVICE ? "X-Cutover-Route: service\r\n"
+								   : "X-Cutover-Route: legacy\r\n");
 	size_t len;
-	if (http_header_value(&u->head, base, "X-Request-Id", &len) == NULL)
-		buf_printf(&c->out, "X-Request-Id: %s\r\n", r->id);
+	if (http_header_value(&u->head, base, "X-Request-Id", &len) == NULL) {
+		buf_puts(&c->out, "X-Request-Id: ");
+		buf_puts(&c->out, r->id);
+		buf_puts(&c->out, "\r\n");
+	}
 	/* The client keeps its connection when it asked to, the response's
 	 * end is known without a close, and the proxy is not draining. */
 	bool framed = (u->parser.flags & (F_CONTENTLENGTH | F_CHUNKED)) || r->method == METHOD_HEAD ||
