@@ -714,7 +714,10 @@ static void client_upstream_failed(struct client *c, struct upstream_conn *u, in
 {
 	struct request *r = &c->req;
 	bool replayable = !r->response_started && !c->body_streamed && (r->method & METHODS_READ);
-	bool stale = u != NULL && u->reused && u->in.len == 0;
+	/* A pooled connection the upstream had closed fails at once (502),
+	 * before any byte of an answer; a timeout says the upstream is slow,
+	 * and asking it again would only double its load. */
+	bool stale = u != NULL && u->reused && u->in.len == 0 && status == 502;
 	if (u != NULL) {
 		upstream_release(u, false);
 		c->up = NULL;
