@@ -184,20 +184,33 @@ static int migration_status(struct ctl *ctl, int argc, char **argv)
 	return rc;
 }
 
+/*
+ * For verbs whose operands are user ids: parses them (argv shifted so that
+ * argv[1] is the first), checks them and opens the store into *st.
+ * Returns 0 or an exit code.
+ */
+static int migration_user_operands(struct ctl *ctl, const char *verb_name, int *argc, char ***argv,
+				   struct flag_store **st)
+{
+	const struct ctl_verb *verb = ctl_verb_named(ctl_migration_verbs, verb_name);
+	int rc = ctl_operands("migration", verb, argc, argv);
+	if (rc != CTL_EXIT_OK)
+		return rc;
+	if (*argc < 2)
+		return ctl_usage_error("migration", verb, "expected user ids");
+	if ((rc = ctl_check_ids(*argv + 1, (size_t)*argc - 1)) != CTL_EXIT_OK)
+		return rc;
+	*st = ctl_store(ctl);
+	return *st ? CTL_EXIT_OK : CTL_EXIT_UNREACHABLE;
+}
+
 /* Appends users to the migrate stream by hand (reason `manual`). */
 static int migration_enqueue(struct ctl *ctl, int argc, char **argv)
 {
-	const struct ctl_verb *verb = ctl_verb_named(ctl_migration_verbs, "enqueue");
-	int rc = ctl_operands("migration", verb, &argc, &argv);
+	struct flag_store *st;
+	int rc = migration_user_operands(ctl, "enqueue", &argc, &argv, &st);
 	if (rc != CTL_EXIT_OK)
 		return rc;
-	if (argc < 2)
-		return ctl_usage_error("migration", verb, "expected user ids");
-	if ((rc = ctl_check_ids(argv + 1, (size_t)argc - 1)) != CTL_EXIT_OK)
-		return rc;
-	struct flag_store *st = ctl_store(ctl);
-	if (st == NULL)
-		return CTL_EXIT_UNREACHABLE;
 	char at[24];
 	snprintf(at, sizeof(at), "%lld", (long long)(clock_realtime_us() / 1000));
 	for (int i = 1; i < argc; i++) {
@@ -306,17 +319,10 @@ static int migration_dead(struct ctl *ctl, int argc, char **argv)
  * next time they are seen (or are enqueued). */
 static int migration_forget(struct ctl *ctl, int argc, char **argv)
 {
-	const struct ctl_verb *verb = ctl_verb_named(ctl_migration_verbs, "forget");
-	int rc = ctl_operands("migration", verb, &argc, &argv);
+	struct flag_store *st;
+	int rc = migration_user_operands(ctl, "forget", &argc, &argv, &st);
 	if (rc != CTL_EXIT_OK)
 		return rc;
-	if (argc < 2)
-		return ctl_usage_error("migration", verb, "expected user ids");
-	if ((rc = ctl_check_ids(argv + 1, (size_t)argc - 1)) != CTL_EXIT_OK)
-		return rc;
-	struct flag_store *st = ctl_store(ctl);
-	if (st == NULL)
-		return CTL_EXIT_UNREACHABLE;
 	const char *p = flag_store_prefix(st);
 	for (int i = 1; i < argc; i++) {
 		redisReply *r = migration_command(st, &rc, "EVAL %s 0 %s %s",

@@ -408,6 +408,13 @@ def run_ctl(*args, redis_url=None, prefix=None, json=False, actor=None, timeout=
     returns (exit_code, stdout, stderr); exit_code is None on a timeout.
     A sanitizer report or a timeout fails the next test point."""
     argv = ctl_argv(args, redis_url, prefix, json, actor)
+    return run_to_end(argv, timeout, " ".join(map(str, argv[5:])))
+
+
+def run_to_end(argv, timeout, label):
+    """Runs argv to completion: (exit_code, stdout, stderr), exit_code
+    None on a timeout. A sanitizer report in its stderr or a timeout fails
+    the next test point; label names the command in that message."""
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          env=_child_env())
     with _lock:
@@ -423,10 +430,9 @@ def run_ctl(*args, redis_url=None, prefix=None, json=False, actor=None, timeout=
     finally:
         with _lock:
             _running.discard(p)
-    out = out.decode("utf-8", "replace")
-    err = err.decode("utf-8", "replace")
+    out, err = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
     _note_command(argv, rc, err)
-    bad = sanitizer_problem(" ".join(map(str, argv[5:])), rc, err)
+    bad = sanitizer_problem(label, rc, err)
     if bad:
         _problem(bad)
     return rc, out, err
@@ -1236,27 +1242,7 @@ def run_proxy(*args, timeout=10):
     (exit_code, stdout, stderr), exit_code None on a timeout. A sanitizer
     report or a timeout fails the next test point."""
     argv = [PROXY] + [str(a) for a in args]
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env=_child_env())
-    with _lock:
-        _running.add(p)
-    try:
-        out, err = p.communicate(timeout=timeout)
-        rc = p.returncode
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-        rc = None
-        _problem("timed out after %ss: %s" % (timeout, " ".join(argv)))
-    finally:
-        with _lock:
-            _running.discard(p)
-    out, err = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
-    _note_command(argv, rc, err)
-    bad = sanitizer_problem(" ".join(argv), rc, err)
-    if bad:
-        _problem(bad)
-    return rc, out, err
+    return run_to_end(argv, timeout, " ".join(argv))
 
 
 # --- lazy migration: the legacy MongoDB, the import service, cutover-migrate ---
