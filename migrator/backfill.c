@@ -179,7 +179,7 @@ static int page_cursor(struct backfill *bf, struct buf *out)
  * it), or NULL if stopped first. */
 static redisReply *command(struct backfill *bf, int argc, const char **argv, const size_t *len)
 {
-	return worker_command(bf->w, argv[0], argc, argv, len);
+	return consumer_command(worker_consumer(bf->w), argv[0], argc, argv, len);
 }
 
 /* Runs advance_script for users[0..n) and the page's cursor, mode
@@ -278,7 +278,7 @@ static int deliver_all(struct backfill *bf, struct delivery **ds, size_t n)
 			ds[left++] = d;
 		}
 		n = left;
-		if (n > 0 && worker_wait_outage(bf->w, &rounds) < 0)
+		if (n > 0 && consumer_wait_outage(worker_consumer(bf->w), &rounds) < 0)
 			return -1;
 	}
 	return 0;
@@ -352,7 +352,7 @@ static int take_tokens(struct backfill *bf, size_t n)
 		}
 		if (*bf->stop)
 			return -1;
-		worker_sleep(bf->w, (int)(((double)n - bf->tokens) * 1000 / rate) + 1);
+		consumer_sleep(worker_consumer(bf->w), (int)(((double)n - bf->tokens) * 1000 / rate) + 1);
 	}
 	return 0;
 }
@@ -410,7 +410,7 @@ static int read_page(struct backfill *bf)
 	while (legacy_walk(worker_legacy(bf->w), bf->after, bf->limit, bf->opts->direct, bf->docs, &bf->ndocs, err,
 			   sizeof(err)) < 0) {
 		log_warn("legacy: %s; the backfill waits", err);
-		if (worker_wait_outage(bf->w, &outages) < 0)
+		if (consumer_wait_outage(worker_consumer(bf->w), &outages) < 0)
 			return -1;
 	}
 	return 0;
@@ -483,7 +483,7 @@ static int start(struct backfill *bf)
 		return -1;
 	while (legacy_count(worker_legacy(bf->w), bf->after, &bf->total, &bf->done_before, err, sizeof(err)) < 0) {
 		log_warn("legacy: %s; the backfill waits", err);
-		if (worker_wait_outage(bf->w, &outages) < 0)
+		if (consumer_wait_outage(worker_consumer(bf->w), &outages) < 0)
 			return -1;
 	}
 	snprintf(total, sizeof(total), "%lld", (long long)bf->total);

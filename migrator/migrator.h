@@ -177,9 +177,59 @@ void metrics_error(const char *fmt, ...) CUTOVER_PRINTF(1, 2);
 int metrics_start(const char *path, char *err, size_t errlen);
 void metrics_stop(void);
 
-/* ---- worker.c -------------------------------------------------------- */
+/* ---- consumer.c: a member of a Redis stream consumer group ------------ */
+
+#define CONSUMER_STREAMS_MAX 2
+
+struct consumer_options {
+	const char *streams[CONSUMER_STREAMS_MAX]; /* the first one read first */
+	int nstreams;
+	const char *group;
+	const char *name; /* this consumer's */
+	int batch;        /* entries a stream and turn */
+	int block_ms;
+	int claim_idle_ms;
+	int backoff_ms; /* after an outage, doubled for each one in a row */
+	int backoff_max_ms;
+	bool delete_acked; /* XDEL what is acked: the stream is ours */
+};
+
+/* A command of fixed, small arity, arguments with lengths. */
+struct command {
+	int argc;
+	const char *argv[16];
+	size_t len[16];
+};
 
 struct redisReply;
+struct consumer;
+/* Gets one entry: the index of its stream, its id and its fields (a flat
+ * array reply of names and values). */
+typedef void (*consumer_take_fn)(void *ctx, int stream, const char *id, const struct redisReply *fields,
+				 bool claimed);
+void consumer_options_init(struct consumer_options *o, const struct migrate_config *cfg, const char *group);
+struct consumer *consumer_new(const char *redis_url, const struct consumer_options *o,
+			      const volatile sig_atomic_t *stop, char *err, size_t errlen);
+void consumer_free(struct consumer *c);
+bool consumer_stopping(const struct consumer *c);
+void consumer_sleep(const struct consumer *c, int ms);
+int consumer_backoff_ms(const struct consumer *c, int n);
+int consumer_wait_outage(const struct consumer *c, int *n);
+int consumer_ready(struct consumer *c);
+void consumer_lost(struct consumer *c, const char *what);
+void consumer_refused(const struct consumer *c, const char *what, const struct redisReply *r);
+int consumer_next_reply(struct consumer *c, const char *what, struct redisReply **r);
+struct redisReply *consumer_command(struct consumer *c, const char *what, int argc, const char **argv,
+				    const size_t *len);
+int consumer_read(struct consumer *c, consumer_take_fn take, void *ctx);
+int consumer_ack(struct consumer *c, size_t n, const int *stream, const char *const *ids);
+const char *consumer_stream(const struct consumer *c, int s);
+void cmd_arg(struct command *cmd, const char *s, size_t len);
+void cmd_str(struct command *cmd, const char *s);
+void cmd_send(struct consumer *c, struct command *cmd);
+
+/* ---- worker.c -------------------------------------------------------- */
+
 struct worker;
 int user_id_check(const char *s, size_t len, const char **why);
 int entry_user(const struct redisReply *fields, const char **user, size_t *len, const char **why);
@@ -188,10 +238,7 @@ struct worker *worker_new(const struct migrate_config *cfg, const volatile sig_a
 			  size_t errlen);
 void worker_free(struct worker *w);
 struct legacy *worker_legacy(const struct worker *w);
-void worker_sleep(const struct worker *w, int ms);
-int worker_wait_outage(struct worker *w, int *n);
-struct redisReply *worker_command(struct worker *w, const char *what, int argc, const char **argv,
-				  const size_t *len);
+struct consumer *worker_consumer(const struct worker *w);
 int worker_deliver(struct worker *w, struct delivery **users, size_t n);
 int worker_run(const struct migrate_config *cfg, const volatile sig_atomic_t *stop);
 

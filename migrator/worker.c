@@ -42,10 +42,11 @@
  * in hand is finished and the loop ends; a wait for an outage ends at
  * once, leaving that batch's entries pending for whoever comes next.
  *
- * The backfill (backfill.c) shares this file's machinery: a worker from
- * worker_new for its Redis commands (worker_command) and outage waits,
- * and worker_deliver for steps 3 to 5 of users it read from legacy
- * itself, with no stream entries to ack.
+ * The reading, acking and outage waits are consumer.c's, shared with
+ * sync-back. The backfill (backfill.c) uses a worker from worker_new for
+ * its Redis commands and outage waits (through worker_consumer), and
+ * worker_deliver for steps 3 to 5 of users it read from legacy itself,
+ * with no stream entries to ack.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,10 +58,6 @@
 #include "migrator/migrator.h"
 
 #define GROUP "migrators"
-#define REDIS_TIMEOUT_MS 2000 /* connect, and each command beyond BLOCK */
-#define CLAIM_EVERY_US 1000000
-#define STREAM_ID_MAX 48
-#define SLEEP_SLICE_MS 50
 
 enum stream { STREAM_PRIORITY, STREAM_NORMAL, NSTREAMS };
 
@@ -87,10 +84,7 @@ struct batch {
 
 struct worker {
 	const struct migrate_config *cfg;
-	const volatile sig_atomic_t *stop;
-	struct redis_url url;
-	char where[256]; /* the Redis URL without its password */
-	redisContext *redis;
+	struct consumer *q;
 	struct legacy *legacy;
 	struct sink *sink;
 	char *streams[NSTREAMS];
@@ -98,17 +92,8 @@ struct worker {
 	char *attempts_key;
 	char *migrated_key;
 	char *changed_channel;
-	char cursor[NSTREAMS][STREAM_ID_MAX]; /* XAUTOCLAIM's, per stream */
-	int64_t next_claim_us;
 	int failing_batches; /* consecutive batches with a retry */
 	int failing_reads;   /* consecutive turns that could not read */
-};
-
-/* A command of fixed, small arity, arguments with lengths. */
-struct command {
-	int argc;
-	const char *argv[14];
-	size_t len[14];
 };
 
 /* Sets d's outcome, reason (for a dead-letter) and error text. */
@@ -197,37 +182,6 @@ int entry_user(const redisReply *fields, const char **user, size_t *len, const c
 	return -1;
 }
 
-/* Sleeps ms, in slices, returning early once *stop is set. */
-void worker_sleep(const struct worker *w, int ms)
-{
-	while (ms > 0 && !*w->stop) {
-		int slice = ms < SLEEP_SLICE_MS ? ms : SLEEP_SLICE_MS;
-		struct timespec ts = { 0, (long)slice * 1000000 };
-		nanosleep(&ts, NULL);
-		ms -= slice;
-	}
-}
-
-/* retry.backoff doubled n - 1 times, capped at retry.backoff_max. */
-static int backoff_ms(const struct worker *w, int n)
-{
-	long ms = w->cfg->backoff_ms;
-	for (int i = 1; i < n && ms < w->cfg->backoff_max_ms; i++)
-		ms *= 2;
-	return ms < w->cfg->backoff_max_ms ? (int)ms : w->cfg->backoff_max_ms;
-}
-
-/* Waits out the (*n)-th consecutive outage: retry.backoff doubled n - 1
- * times. Returns -1 at once if the worker is stopping, else 0 after the
- * wait (-1 if it stopped meanwhile). */
-int worker_wait_outage(struct worker *w, int *n)
-{
-	if (*w->stop)
-		return -1;
-	worker_sleep(w, backoff_ms(w, ++*n));
-	return *w->stop ? -1 : 0;
-}
-
 /* A text fit for a log line: at most LOG_EXCERPT bytes, non-printable
  * bytes as '?'. */
 void user_excerpt(const char *s, size_t len, char out[LOG_EXCERPT + 4])
@@ -238,173 +192,24 @@ void user_excerpt(const char *s, size_t len, char out[LOG_EXCERPT + 4])
 	strcpy(out + n, len > n ? "..." : "");
 }
 
-/* ---- Redis ------------------------------------------------------------ */
-
-/* Drops a connection that failed (the reply to what was lost). */
-static void redis_lost(struct worker *w, const char *what)
-{
-	log_warn("Redis at %s: %s: %s", w->where, what, redis_error_text(w->redis));
-	metrics_count(COUNT_REDIS_ERRORS, 1);
-	metrics_error("Redis at %s: %s: %s", w->where, what, redis_error_text(w->redis));
-	redisFree(w->redis);
-	w->redis = NULL;
-}
-
-/* Logs a command Redis refused. */
-static void redis_refused(struct worker *w, const char *what, const redisReply *r)
-{
-	log_error("Redis at %s refused %s: %s", w->where, what, r->str);
-	metrics_count(COUNT_REDIS_ERRORS, 1);
-	metrics_error("Redis refused %s: %s", what, r->str);
-}
-
-/* The next pipelined reply into *r (the caller frees it). Returns -1
- * after redis_lost when the connection failed. */
-static int next_reply(struct worker *w, const char *what, redisReply **r)
-{
-	void *reply = NULL;
-	if (redisGetReply(w->redis, &reply) != REDIS_OK || reply == NULL) {
-		redis_lost(w, what);
-		return -1;
-	}
-	*r = reply;
-	return 0;
-}
-
-static void cmd_arg(struct command *c, const char *s, size_t len)
-{
-	c->argv[c->argc] = s;
-	c->len[c->argc++] = len;
-}
-
-static void cmd_str(struct command *c, const char *s)
-{
-	cmd_arg(c, s, strlen(s));
-}
-
-/* Appends c to the pipeline and empties it for the next command. */
-static void cmd_send(struct worker *w, struct command *c)
-{
-	redisAppendCommandArgv(w->redis, c->argc, c->argv, c->len);
-	c->argc = 0;
-}
-
-/*
- * Creates the group on both streams, and the streams, unless they
- * exist. The group starts at 0, not $: a stream the proxy created before
- * any migrator ran already holds users that <p>:seen will never enqueue
- * again.
- */
-static int ensure_groups(struct worker *w)
-{
-	for (int s = 0; s < NSTREAMS; s++) {
-		redisReply *r = redisCommand(w->redis, "XGROUP CREATE %s %s 0 MKSTREAM", w->streams[s], GROUP);
-		if (r == NULL) {
-			redis_lost(w, "XGROUP CREATE");
-			return -1;
-		}
-		bool refused = r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0;
-		if (refused)
-			redis_refused(w, "XGROUP CREATE", r);
-		freeReplyObject(r);
-		if (refused)
-			return -1;
-	}
-	return 0;
-}
-
-/* Logs a read Redis refused; a stream deleted under the group (NOGROUP,
- * or UNBLOCKED for a read waiting on it) gets the group back. */
-static void read_refused(struct worker *w, const char *what, const redisReply *r)
-{
-	redis_refused(w, what, r);
-	if (strncmp(r->str, "NOGROUP", 7) == 0 || strncmp(r->str, "UNBLOCKED", 9) == 0)
-		ensure_groups(w);
-}
-
-/* Connects when there is no connection, and makes sure of the groups.
- * Returns 0 when connected, or -1 (logged). */
-static int redis_ready(struct worker *w)
-{
-	char err[MIGRATE_ERR_MAX];
-	if (w->redis)
-		return 0;
-	w->redis = redis_connect(&w->url, REDIS_TIMEOUT_MS, err, sizeof(err));
-	if (w->redis == NULL) {
-		log_warn("cannot reach Redis at %s: %s", w->where, err);
-		metrics_count(COUNT_REDIS_ERRORS, 1);
-		metrics_error("cannot reach Redis at %s: %s", w->where, err);
-		return -1;
-	}
-	int ms = w->cfg->block_ms + REDIS_TIMEOUT_MS;
-	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-	if (redisSetTimeout(w->redis, tv) != REDIS_OK) {
-		redis_lost(w, "setting the timeout");
-		return -1;
-	}
-	if (ensure_groups(w) < 0) {
-		if (w->redis) {
-			redisFree(w->redis);
-			w->redis = NULL;
-		}
-		return -1;
-	}
-	for (int s = 0; s < NSTREAMS; s++)
-		snprintf(w->cursor[s], sizeof(w->cursor[s]), "0-0");
-	w->next_claim_us = 0;
-	log_info("connected to Redis at %s as consumer %s of group %s", w->where, w->cfg->consumer, GROUP);
-	return 0;
-}
-
-/*
- * Runs one command (argv with lengths), connecting as needed; a lost
- * connection or a refusal is logged and waited out like an outage, and
- * the command sent again. Returns Redis's reply (the caller frees it),
- * or NULL if the worker stopped first. A reply lost with the connection
- * may leave the command run twice.
- */
-redisReply *worker_command(struct worker *w, const char *what, int argc, const char **argv, const size_t *len)
-{
-	int outages = 0;
-	for (;;) {
-		redisReply *r = NULL;
-		if (redis_ready(w) == 0 && (r = redisCommandArgv(w->redis, argc, argv, len)) == NULL)
-			redis_lost(w, what);
-		if (r && r->type != REDIS_REPLY_ERROR)
-			return r;
-		if (r) {
-			redis_refused(w, what, r);
-			freeReplyObject(r);
-		}
-		if (worker_wait_outage(w, &outages) < 0)
-			return NULL;
-	}
-}
-
 /* ---- batches ---------------------------------------------------------- */
 
-/* Adds the entries of an array of [id, fields] replies to b. */
-static void add_entries(struct batch *b, enum stream s, const redisReply *list, bool claimed)
+/* consumer_take_fn: adds one entry to the batch ctx. */
+static void take_entry(void *ctx, int stream, const char *id, const redisReply *fields, bool claimed)
 {
-	if (list->type != REDIS_REPLY_ARRAY || list->elements == 0)
+	struct batch *b = ctx;
+	const char *user;
+	size_t len;
+	b->entries = xrealloc(b->entries, (b->nentries + 1) * sizeof(*b->entries));
+	struct entry *e = &b->entries[b->nentries++];
+	memset(e, 0, sizeof(*e));
+	e->stream = (enum stream)stream;
+	e->id = xstrdup(id);
+	e->claimed = claimed;
+	if (entry_user(fields, &user, &len, &e->malformed) < 0 && user == NULL)
 		return;
-	b->entries = xrealloc(b->entries, (b->nentries + list->elements) * sizeof(*b->entries));
-	for (size_t i = 0; i < list->elements; i++) {
-		const redisReply *item = list->element[i];
-		if (item->type != REDIS_REPLY_ARRAY || item->elements != 2 || item->element[0]->type != REDIS_REPLY_STRING)
-			continue;
-		struct entry *e = &b->entries[b->nentries++];
-		const char *user;
-		size_t len;
-		memset(e, 0, sizeof(*e));
-		e->stream = s;
-		e->id = xstrndup(item->element[0]->str, item->element[0]->len);
-		e->claimed = claimed;
-		if (entry_user(item->element[1], &user, &len, &e->malformed) < 0 && user == NULL)
-			continue;
-		e->user = xstrndup(user, len);
-		e->user_len = len;
-	}
+	e->user = xstrndup(user, len);
+	e->user_len = len;
 }
 
 static int compare_entry_users(const void *a, const void *b)
@@ -463,68 +268,6 @@ static void batch_free(struct batch *b)
 	memset(b, 0, sizeof(*b));
 }
 
-/*
- * XAUTOCLAIM from each stream's cursor: entries idle for claim_idle,
- * ours or another consumer's. Once both cursors are back at 0-0 (a
- * whole pass done) the next look is a second away. Returns -1 when the
- * connection failed.
- */
-static int read_claimed(struct worker *w, struct batch *b)
-{
-	bool done = true;
-	for (int s = 0; s < NSTREAMS; s++) {
-		redisReply *r = redisCommand(w->redis, "XAUTOCLAIM %s %s %s %d %s COUNT %d", w->streams[s], GROUP,
-					     w->cfg->consumer, w->cfg->claim_idle_ms, w->cursor[s], w->cfg->batch);
-		if (r == NULL) {
-			redis_lost(w, "XAUTOCLAIM");
-			return -1;
-		}
-		if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2 && r->element[0]->type == REDIS_REPLY_STRING) {
-			snprintf(w->cursor[s], sizeof(w->cursor[s]), "%s", r->element[0]->str);
-			add_entries(b, (enum stream)s, r->element[1], true);
-		} else if (r->type == REDIS_REPLY_ERROR) {
-			snprintf(w->cursor[s], sizeof(w->cursor[s]), "0-0");
-			read_refused(w, "XAUTOCLAIM", r);
-		}
-		done = done && strcmp(w->cursor[s], "0-0") == 0;
-		freeReplyObject(r);
-		if (w->redis == NULL)
-			return -1;
-	}
-	w->next_claim_us = done ? clock_monotonic_us() + CLAIM_EVERY_US : 0;
-	return 0;
-}
-
-/* XREADGROUP over both streams, waiting up to block ms. Returns -1 when
- * the connection failed or Redis refused. */
-static int read_new(struct worker *w, struct batch *b)
-{
-	const struct migrate_config *cfg = w->cfg;
-	redisReply *r = redisCommand(w->redis, "XREADGROUP GROUP %s %s COUNT %d BLOCK %d STREAMS %s %s > >", GROUP,
-				     cfg->consumer, cfg->batch, cfg->block_ms, w->streams[STREAM_PRIORITY],
-				     w->streams[STREAM_NORMAL]);
-	if (r == NULL) {
-		redis_lost(w, "XREADGROUP");
-		return -1;
-	}
-	int rc = 0;
-	if (r->type == REDIS_REPLY_ERROR) {
-		read_refused(w, "XREADGROUP", r);
-		rc = -1;
-	}
-	/* Priority first, whatever order Redis answered in. */
-	for (int s = 0; r->type == REDIS_REPLY_ARRAY && s < NSTREAMS; s++) {
-		for (size_t i = 0; i < r->elements; i++) {
-			const redisReply *sr = r->element[i];
-			if (sr->type == REDIS_REPLY_ARRAY && sr->elements == 2 &&
-			    sr->element[0]->type == REDIS_REPLY_STRING && strcmp(sr->element[0]->str, w->streams[s]) == 0)
-				add_entries(b, (enum stream)s, sr->element[1], false);
-		}
-	}
-	freeReplyObject(r);
-	return rc;
-}
-
 /* ---- a batch's way through -------------------------------------------- */
 
 /* Loads the users' legacy documents, waiting out a failing find. Returns
@@ -537,7 +280,7 @@ static int load_legacy(struct worker *w, struct batch *b)
 		log_warn("legacy: %s; %zu users wait, no attempt counted", err, b->nusers);
 		metrics_count(COUNT_LEGACY_ERRORS, 1);
 		metrics_error("legacy: %s", err);
-		if (worker_wait_outage(w, &outages) < 0)
+		if (consumer_wait_outage(w->q, &outages) < 0)
 			return -1;
 	}
 	return 0;
@@ -583,7 +326,7 @@ static int count_attempts(struct worker *w, struct batch *b)
 		cmd_str(&c, d->user);
 		if (d->outcome == OUTCOME_RETRY)
 			cmd_str(&c, "1");
-		cmd_send(w, &c);
+		cmd_send(w->q, &c);
 		sent++;
 	}
 	for (size_t i = 0; i < b->nusers && sent > 0; i++) {
@@ -591,7 +334,7 @@ static int count_attempts(struct worker *w, struct batch *b)
 		redisReply *r;
 		if (!needs_count(d))
 			continue;
-		if (next_reply(w, "counting attempts", &r) < 0)
+		if (consumer_next_reply(w->q, "counting attempts", &r) < 0)
 			return -1;
 		sent--;
 		if (r->type == REDIS_REPLY_INTEGER)
@@ -599,7 +342,7 @@ static int count_attempts(struct worker *w, struct batch *b)
 		else if (r->type == REDIS_REPLY_STRING)
 			d->attempts = strtoll(r->str, NULL, 10);
 		else if (r->type == REDIS_REPLY_ERROR)
-			redis_refused(w, d->outcome == OUTCOME_RETRY ? "HINCRBY" : "HGET", r);
+			consumer_refused(w->q, d->outcome == OUTCOME_RETRY ? "HINCRBY" : "HGET", r);
 		d->counted = true;
 		if (d->outcome == OUTCOME_RETRY && d->attempts >= w->cfg->attempts)
 			d->reason = "attempts", d->outcome = OUTCOME_DEAD;
@@ -628,7 +371,7 @@ static void send_dead_letter(struct worker *w, const char *user, size_t len, con
 	cmd_str(&c, count);
 	cmd_str(&c, "at");
 	cmd_str(&c, at);
-	cmd_send(w, &c);
+	cmd_send(w->q, &c);
 }
 
 /* Sends a user's record: 3 commands for a delivered user, 2 for a
@@ -641,18 +384,18 @@ static int send_record(struct worker *w, const struct delivery *d, const char *a
 		cmd_str(&c, w->migrated_key);
 		cmd_str(&c, d->user);
 		cmd_str(&c, at);
-		cmd_send(w, &c);
+		cmd_send(w->q, &c);
 		cmd_str(&c, "PUBLISH");
 		cmd_str(&c, w->changed_channel);
 		cmd_str(&c, d->user);
-		cmd_send(w, &c);
+		cmd_send(w->q, &c);
 	} else {
 		send_dead_letter(w, d->user, strlen(d->user), d->reason, d->error, d->attempts, at);
 	}
 	cmd_str(&c, "HDEL");
 	cmd_str(&c, w->attempts_key);
 	cmd_str(&c, d->user);
-	cmd_send(w, &c);
+	cmd_send(w->q, &c);
 	return d->outcome == OUTCOME_DELIVERED ? 3 : 2;
 }
 
@@ -668,10 +411,10 @@ static int read_record(struct worker *w, int n, bool *ok)
 	static const char *const what[] = { "the record", "PUBLISH", "HDEL" };
 	for (int k = 0; k < n; k++) {
 		redisReply *r;
-		if (next_reply(w, "recording outcomes", &r) < 0)
+		if (consumer_next_reply(w->q, "recording outcomes", &r) < 0)
 			return -1;
 		if (r->type == REDIS_REPLY_ERROR)
-			redis_refused(w, what[k == 0 ? 0 : k == n - 1 ? 2 : 1], r);
+			consumer_refused(w->q, what[k == 0 ? 0 : k == n - 1 ? 2 : 1], r);
 		if (k == 0)
 			*ok = r->type != REDIS_REPLY_ERROR;
 		freeReplyObject(r);
@@ -711,44 +454,28 @@ static bool ackable(const struct entry *e)
 	return !e->acked && (e->d ? e->d->recorded : e->recorded);
 }
 
-/* Round trip 3: one XACK per stream for the entries whose record Redis
- * accepted, then one XDEL of the same entries: an acknowledged entry is
- * done with (its outcome is in migrated or in the dead-letter stream),
- * and a stream that kept them would grow by one entry per user forever.
- * Returns -1 when the connection failed. */
+/* Round trip 3: XACK, then XDEL, of the entries whose record Redis
+ * accepted: an acknowledged entry is done with (its outcome is in
+ * migrated or in the dead-letter stream), and a stream that kept them
+ * would grow by one entry per user forever. Returns -1 when the
+ * connection failed. */
 static int ack_entries(struct worker *w, struct batch *b)
 {
-	const char **argv = xcalloc(b->nentries + 3, sizeof(*argv));
-	int sent = 0, rc = 0;
-	for (int s = 0; s < NSTREAMS; s++) {
-		int argc = 0;
-		argv[argc++] = "XACK";
-		argv[argc++] = w->streams[s];
-		argv[argc++] = GROUP;
-		for (size_t i = 0; i < b->nentries; i++)
-			if (b->entries[i].stream == (enum stream)s && ackable(&b->entries[i]))
-				argv[argc++] = b->entries[i].id;
-		if (argc > 3) {
-			redisAppendCommandArgv(w->redis, argc, argv, NULL);
-			/* XDEL takes the same ids, without the group. */
-			argv[2] = argv[1];
-			argv[1] = "XDEL";
-			redisAppendCommandArgv(w->redis, argc - 1, argv + 1, NULL);
-			sent += 2;
+	const char **ids = xcalloc(b->nentries + 1, sizeof(*ids));
+	int *streams = xcalloc(b->nentries + 1, sizeof(*streams));
+	size_t n = 0;
+	for (size_t i = 0; i < b->nentries; i++) {
+		if (ackable(&b->entries[i])) {
+			streams[n] = (int)b->entries[i].stream;
+			ids[n++] = b->entries[i].id;
 		}
 	}
-	while (sent-- > 0 && rc == 0) {
-		redisReply *r;
-		rc = next_reply(w, "XACK", &r);
-		if (rc == 0 && r->type == REDIS_REPLY_ERROR)
-			redis_refused(w, "XACK or XDEL", r);
-		if (rc == 0)
-			freeReplyObject(r);
-	}
+	int rc = n > 0 ? consumer_ack(w->q, n, streams, ids) : 0;
 	for (size_t i = 0; i < b->nentries && rc == 0; i++)
 		if (ackable(&b->entries[i]))
 			b->entries[i].acked = true;
-	free(argv);
+	free(ids);
+	free(streams);
 	return rc;
 }
 
@@ -757,8 +484,8 @@ static int ack_entries(struct worker *w, struct batch *b)
 static int record(struct worker *w, struct batch *b)
 {
 	int outages = 0;
-	while (redis_ready(w) < 0 || count_attempts(w, b) < 0 || write_records(w, b) < 0 || ack_entries(w, b) < 0)
-		if (worker_wait_outage(w, &outages) < 0)
+	while (consumer_ready(w->q) < 0 || count_attempts(w, b) < 0 || write_records(w, b) < 0 || ack_entries(w, b) < 0)
+		if (consumer_wait_outage(w->q, &outages) < 0)
 			return -1;
 	return 0;
 }
@@ -871,7 +598,7 @@ static void process(struct worker *w, struct batch *b)
 	log_debug("batch of %zu entries, %zu users, %zu taken over: %.1f ms", b->nentries, b->nusers, claimed,
 		  (double)(clock_monotonic_us() - b->started_us) / 1000.0);
 	if (has_retry(b))
-		worker_sleep(w, backoff_ms(w, ++w->failing_batches));
+		consumer_sleep(w->q, consumer_backoff_ms(w->q, ++w->failing_batches));
 	else
 		w->failing_batches = 0;
 }
@@ -881,15 +608,11 @@ static void process(struct worker *w, struct batch *b)
 static void turn(struct worker *w)
 {
 	struct batch b = { 0 };
-	int rc = redis_ready(w);
-	if (rc == 0 && clock_monotonic_us() >= w->next_claim_us)
-		rc = read_claimed(w, &b);
-	if (rc == 0 && b.nentries == 0)
-		rc = read_new(w, &b);
+	int rc = consumer_read(w->q, take_entry, &b);
 	if (b.nentries > 0)
 		process(w, &b);
 	if (rc < 0 && b.nentries == 0)
-		worker_wait_outage(w, &w->failing_reads);
+		consumer_wait_outage(w->q, &w->failing_reads);
 	else if (rc == 0)
 		w->failing_reads = 0;
 	batch_free(&b);
@@ -905,15 +628,9 @@ struct worker *worker_new(const struct migrate_config *cfg, const volatile sig_a
 {
 	static const char *const suffix[NSTREAMS] = { "migrate:priority", "migrate" };
 	struct worker *w = xcalloc(1, sizeof(*w));
+	struct consumer_options o;
 	struct buf k;
-	char why[256];
 	w->cfg = cfg;
-	w->stop = stop;
-	if (redis_url_parse(cfg->redis_url, &w->url, why, sizeof(why)) < 0) {
-		snprintf(err, errlen, "invalid Redis URL: %s", why);
-		goto fail;
-	}
-	redis_url_describe(&w->url, w->where, sizeof(w->where));
 	buf_init(&k);
 	for (int s = 0; s < NSTREAMS; s++) {
 		buf_printf(&k, "%s:%s", cfg->redis_prefix, suffix[s]);
@@ -927,6 +644,13 @@ struct worker *worker_new(const struct migrate_config *cfg, const volatile sig_a
 	w->migrated_key = buf_detach(&k);
 	buf_printf(&k, "%s:migrated:changed", cfg->redis_prefix);
 	w->changed_channel = buf_detach(&k);
+	consumer_options_init(&o, cfg, GROUP);
+	for (int s = 0; s < NSTREAMS; s++)
+		o.streams[o.nstreams++] = w->streams[s];
+	o.delete_acked = true;
+	w->q = consumer_new(cfg->redis_url, &o, stop, err, errlen);
+	if (w->q == NULL)
+		goto fail;
 	w->legacy = legacy_open(cfg, err, errlen);
 	if (w->legacy == NULL)
 		goto fail;
@@ -947,9 +671,7 @@ void worker_free(struct worker *w)
 	if (w->sink)
 		w->sink->free(w->sink);
 	legacy_close(w->legacy);
-	if (w->redis)
-		redisFree(w->redis);
-	redis_url_free(&w->url);
+	consumer_free(w->q);
 	for (int s = 0; s < NSTREAMS; s++)
 		free(w->streams[s]);
 	free(w->dead_key);
@@ -957,6 +679,12 @@ void worker_free(struct worker *w)
 	free(w->migrated_key);
 	free(w->changed_channel);
 	free(w);
+}
+
+/* The Redis side of w: its consumer of the migrate streams. */
+struct consumer *worker_consumer(const struct worker *w)
+{
+	return w->q;
 }
 
 /* The legacy reader of w. */
