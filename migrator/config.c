@@ -53,6 +53,24 @@ static cfg_opt_t retry_opts[] = {
 	CFG_END(),
 };
 
+static cfg_opt_t verify_opts[] = {
+	CFG_STR("url", NULL, CFGF_NONE),
+	CFG_STR_LIST("ignore", NULL, CFGF_NONE),
+	CFG_END(),
+};
+
+static cfg_opt_t syncback_opts[] = {
+	CFG_STR("stream", NULL, CFGF_NONE),
+	CFG_STR("deletes", "tombstone", CFGF_NONE),
+	CFG_STR("tombstone_field", "deleted", CFGF_NONE),
+	CFG_STR("state_field", "_cutover", CFGF_NONE),
+	CFG_STR("write_concern", "majority", CFGF_NONE),
+	CFG_INT_CB("timeout", 5000, CFGF_NONE, conf_plain_decimal),
+	CFG_STR("metrics_file", NULL, CFGF_NONE),
+	CFG_SEC("mapping", mapping_opts, CFGF_NONE),
+	CFG_END(),
+};
+
 static cfg_opt_t root_opts[] = {
 	CFG_SEC("redis", conf_redis_opts, CFGF_NONE),
 	CFG_SEC("legacy", legacy_opts, CFGF_NONE),
@@ -66,6 +84,8 @@ static cfg_opt_t root_opts[] = {
 	CFG_INT_CB("claim_idle", 60000, CFGF_NONE, conf_plain_decimal),
 	CFG_STR("metrics_file", NULL, CFGF_NONE),
 	CFG_STR("log_level", "info", CFGF_NONE),
+	CFG_SEC("verify", verify_opts, CFGF_NONE),
+	CFG_SEC("syncback", syncback_opts, CFGF_NONE),
 	CFG_END(),
 };
 
@@ -189,12 +209,9 @@ static int add_rules(struct conf_loader *ld, cfg_t *sec, const char *name, struc
 	return 0;
 }
 
-/* The mapping { } section, then version_field, which a mongo sink needs
- * in the service's documents for its guard. */
-static int build_mapping(struct conf_loader *ld, cfg_t *root, struct migrate_config *cfg)
+/* The rules of a mapping { } section. */
+static int build_rules(struct conf_loader *ld, cfg_t *sec, struct mapping *m)
 {
-	cfg_t *sec = cfg_getsec(root, "mapping");
-	struct mapping *m = &cfg->mapping;
 	char why[WHY_MAX];
 	if (add_rules(ld, sec, "keep", m, mapping_add_keep) < 0 || add_rules(ld, sec, "drop", m, mapping_add_drop) < 0 ||
 	    add_rules(ld, sec, "rename", m, mapping_add_rename) < 0 ||
@@ -202,6 +219,17 @@ static int build_mapping(struct conf_loader *ld, cfg_t *root, struct migrate_con
 		return -1;
 	if (mapping_finish(m, why, sizeof(why)) < 0)
 		return conf_fail(ld, sec, "rename", "%s", why);
+	return 0;
+}
+
+/* The mapping { } section, then version_field, which a mongo sink needs
+ * in the service's documents for its guard. */
+static int build_mapping(struct conf_loader *ld, cfg_t *root, struct migrate_config *cfg)
+{
+	struct mapping *m = &cfg->mapping;
+	char why[WHY_MAX];
+	if (build_rules(ld, cfg_getsec(root, "mapping"), m) < 0)
+		return -1;
 	const char *vf = cfg_getstr(root, "version_field");
 	if (vf == NULL)
 		return 0;
@@ -249,19 +277,121 @@ static int build_loop(struct conf_loader *ld, cfg_t *root, struct migrate_config
 	return 0;
 }
 
+/* A metrics_file option of sec, if set, into *out. */
+static int get_metrics_file(struct conf_loader *ld, cfg_t *sec, char **out)
+{
+	const char *metrics = cfg_getstr(sec, "metrics_file");
+	if (metrics == NULL)
+		return 0;
+	size_t len = strlen(metrics);
+	if (len == 0 || metrics[len - 1] == '/')
+		return conf_fail(ld, sec, "metrics_file", "must name a file, not '%s'", metrics);
+	*out = xstrdup(metrics);
+	return 0;
+}
+
 /* metrics_file and log_level. */
 static int build_output(struct conf_loader *ld, cfg_t *root, struct migrate_config *cfg)
 {
-	const char *metrics = cfg_getstr(root, "metrics_file");
 	const char *level = cfg_getstr(root, "log_level");
-	if (metrics != NULL) {
-		size_t len = strlen(metrics);
-		if (len == 0 || metrics[len - 1] == '/')
-			return conf_fail(ld, root, "metrics_file", "must name a file, not '%s'", metrics);
-		cfg->metrics_file = xstrdup(metrics);
-	}
+	if (get_metrics_file(ld, root, &cfg->metrics_file) < 0)
+		return -1;
 	if (log_level_parse(level, &cfg->log_level) < 0)
 		return conf_fail(ld, root, "log_level", "must be error, warn, info or debug, not '%s'", level);
+	return 0;
+}
+
+/* The verify { } section, read by `cutoverctl migration verify` only:
+ * url, the service's read API (an http sink's; the mongo sink's copies
+ * are read from its collection), and ignore, top-level fields of the
+ * service's documents that only one side has. */
+static int build_verify(struct conf_loader *ld, cfg_t *sec, struct migrate_config *cfg)
+{
+	const char *url = cfg_getstr(sec, "url");
+	unsigned n = cfg_size(sec, "ignore");
+	char why[WHY_MAX];
+	if (url != NULL && cfg->sink == SINK_MONGO)
+		return conf_fail(ld, sec, "url", "is not used with sink type mongo: verify reads the service's collection");
+	if (url != NULL && sink_http_check_url(url, why, sizeof(why)) < 0)
+		return conf_fail(ld, sec, "url", "%s", why);
+	if (n > 0)
+		cfg->verify_ignore = xcalloc(n, sizeof(*cfg->verify_ignore));
+	for (unsigned i = 0; i < n; i++) {
+		const char *field = cfg_getnstr(sec, "ignore", i);
+		if (mapping_field_check(field, why, sizeof(why)) < 0)
+			return conf_fail(ld, sec, "ignore", "%s", why);
+		for (size_t k = 0; k < cfg->nverify_ignore; k++)
+			if (strcmp(cfg->verify_ignore[k], field) == 0)
+				return conf_fail(ld, sec, "ignore", "'%s' is listed twice", field);
+		cfg->verify_ignore[cfg->nverify_ignore++] = xstrdup(field);
+	}
+	if (url != NULL)
+		cfg->verify_url = xstrdup(url);
+	return 0;
+}
+
+/* write_concern: "majority" or a number of members, 0 to 50. */
+static int build_write_concern(struct conf_loader *ld, cfg_t *sec, struct syncback_config *sb)
+{
+	const char *wc = cfg_getstr(sec, "write_concern");
+	if (strcmp(wc, "majority") == 0)
+		sb->w = -1;
+	else if (parse_decimal(wc, strlen(wc), 0, 50, &sb->w) < 0)
+		return conf_fail(ld, sec, "write_concern", "must be majority or a number from 0 to 50, not '%s'", wc);
+	return conf_get_int(ld, sec, "timeout", 1, CONF_DURATION_MAX, &sb->wtimeout_ms);
+}
+
+/* A top-level field name option of sec into *out. */
+static int get_field(struct conf_loader *ld, cfg_t *sec, const char *name, char **out)
+{
+	char why[WHY_MAX];
+	const char *field = cfg_getstr(sec, name);
+	if (mapping_field_check(field, why, sizeof(why)) < 0 || strcmp(field, "_id") == 0)
+		return conf_fail(ld, sec, name, "%s", strcmp(field, "_id") == 0 ? "cannot be _id" : why);
+	*out = xstrdup(field);
+	return 0;
+}
+
+/* The syncback { } section. Its state field is sync-back's bookkeeping
+ * in legacy documents: the migrator must never copy it to the service,
+ * so the forward mapping drops it (or refuses to keep it). */
+static int build_syncback(struct conf_loader *ld, cfg_t *sec, struct migrate_config *cfg)
+{
+	struct syncback_config *sb = &cfg->syncback;
+	const char *stream = cfg_getstr(sec, "stream"), *deletes = cfg_getstr(sec, "deletes");
+	char why[WHY_MAX];
+	if (stream == NULL) {
+		struct buf b;
+		buf_init(&b);
+		buf_printf(&b, "%s:service:events", cfg->redis_prefix);
+		sb->stream = buf_detach(&b);
+	} else if (stream[0] == '\0' || !conf_all_of(stream, conf_is_visible)) {
+		return conf_fail(ld, sec, "stream", "must be a Redis key of visible characters, not '%s'", stream);
+	} else {
+		sb->stream = xstrdup(stream);
+	}
+	if (strcmp(deletes, "tombstone") == 0)
+		sb->deletes = SYNCBACK_TOMBSTONE;
+	else if (strcmp(deletes, "delete") == 0)
+		sb->deletes = SYNCBACK_DELETE;
+	else
+		return conf_fail(ld, sec, "deletes", "must be tombstone or delete, not '%s'", deletes);
+	if (get_field(ld, sec, "tombstone_field", &sb->tombstone_field) < 0 ||
+	    get_field(ld, sec, "state_field", &sb->state_field) < 0 || build_write_concern(ld, sec, sb) < 0 ||
+	    get_metrics_file(ld, sec, &sb->metrics_file) < 0 || build_rules(ld, cfg_getsec(sec, "mapping"), &sb->mapping) < 0)
+		return -1;
+	if (bson_count_keys(sb->mapping.defaults) > 0)
+		return conf_fail(ld, cfg_getsec(sec, "mapping"), "default",
+				 "is not for sync-back: an update event carries only the fields it changed");
+	if (strcmp(sb->state_field, sb->tombstone_field) == 0)
+		return conf_fail(ld, sec, "state_field", "'%s' is the tombstone_field too", sb->state_field);
+	if (mapping_output_name(&cfg->mapping, sb->state_field) == NULL)
+		return 0;
+	if (cfg->mapping.nkeep > 0)
+		return conf_fail(ld, sec, "state_field", "'%s' is in mapping.keep, but it must not reach the service",
+				 sb->state_field);
+	if (mapping_add_drop(&cfg->mapping, sb->state_field, why, sizeof(why)) < 0)
+		return conf_fail(ld, sec, "state_field", "%s", why);
 	return 0;
 }
 
@@ -273,7 +403,8 @@ static int build_config(struct conf_loader *ld, cfg_t *root, void *arg)
 	if (conf_get_redis(ld, cfg_getsec(root, "redis"), &cfg->redis_url, &cfg->redis_prefix) < 0 ||
 	    build_legacy(ld, cfg_getsec(root, "legacy"), cfg) < 0 ||
 	    build_sink(ld, cfg_getsec(root, "sink"), cfg) < 0 || build_mapping(ld, root, cfg) < 0 ||
-	    build_loop(ld, root, cfg) < 0 || build_consumer(ld, root, cfg) < 0 || build_output(ld, root, cfg) < 0)
+	    build_loop(ld, root, cfg) < 0 || build_consumer(ld, root, cfg) < 0 || build_output(ld, root, cfg) < 0 ||
+	    build_verify(ld, cfg_getsec(root, "verify"), cfg) < 0 || build_syncback(ld, cfg_getsec(root, "syncback"), cfg) < 0)
 		return -1;
 	return 0;
 }
@@ -300,6 +431,15 @@ void migrate_config_free(struct migrate_config *cfg)
 	mapping_free(&cfg->mapping);
 	free(cfg->consumer);
 	free(cfg->metrics_file);
+	free(cfg->verify_url);
+	for (size_t i = 0; i < cfg->nverify_ignore; i++)
+		free(cfg->verify_ignore[i]);
+	free(cfg->verify_ignore);
+	free(cfg->syncback.stream);
+	free(cfg->syncback.tombstone_field);
+	free(cfg->syncback.state_field);
+	free(cfg->syncback.metrics_file);
+	mapping_free(&cfg->syncback.mapping);
 	free(cfg);
 }
 
@@ -313,6 +453,7 @@ int migrate_config_load(const char *path, struct migrate_config **out, char *err
 	struct migrate_config *cfg = xcalloc(1, sizeof(*cfg));
 	cfg->path = xstrdup(path);
 	mapping_init(&cfg->mapping);
+	mapping_init(&cfg->syncback.mapping);
 	if (conf_load(path, root_opts, build_config, cfg, err, errlen) < 0) {
 		migrate_config_free(cfg);
 		return -1;

@@ -406,8 +406,9 @@ int consumer_ack(struct consumer *c, size_t n, const int *stream, const char *co
 	return rc;
 }
 
-/* The name of stream s. */
-const char *consumer_stream(const struct consumer *c, int s)
+/* The connection, for pipelines of the caller's own; NULL when there is
+ * none (consumer_ready makes one). */
+redisContext *consumer_redis(const struct consumer *c)
 {
-	return c->o.streams[s];
+	return c->redis;
 }

@@ -4,6 +4,7 @@
  * for the backfill; and the MongoDB helpers the mongo sink uses too: URI
  * checks, pools with our timeouts, mongoc's log routed into ours.
  */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,19 +107,34 @@ static bson_t *legacy_projection(const struct migrate_config *cfg)
 	return p;
 }
 
-/* Opens the pool (connections are made lazily, so an unreachable server
- * is not an error yet). Returns the reader, or NULL with err. */
-struct legacy *legacy_open(const struct migrate_config *cfg, char *err, size_t errlen)
+/*
+ * A reader of t's collection (which must outlive it) that looks users up
+ * as id_type says and reads whole documents: legacy_open's, and verify.c's
+ * for the mongo sink's copies, which keep legacy's _id. Opens the pool
+ * (connections are made lazily, so an unreachable server is not an error
+ * yet). Returns the reader, or NULL with err.
+ */
+struct legacy *legacy_open_target(const struct mongo_target *t, enum legacy_id_type id_type, int socket_ms,
+				  char *err, size_t errlen)
 {
-	mongoc_client_pool_t *pool = mongo_pool_new(cfg->legacy.uri, LEGACY_SOCKET_TIMEOUT_MS, err, errlen);
+	mongoc_client_pool_t *pool = mongo_pool_new(t->uri, socket_ms, err, errlen);
 	if (pool == NULL)
 		return NULL;
 	struct legacy *l = xcalloc(1, sizeof(*l));
 	l->pool = pool;
-	l->database = cfg->legacy.database;
-	l->collection = cfg->legacy.collection;
-	l->id_type = cfg->id_type;
-	l->projection = legacy_projection(cfg);
+	l->database = t->database;
+	l->collection = t->collection;
+	l->id_type = id_type;
+	return l;
+}
+
+/* The legacy collection of cfg (which must outlive it), read with the
+ * mapping's projection. Returns the reader, or NULL with err. */
+struct legacy *legacy_open(const struct migrate_config *cfg, char *err, size_t errlen)
+{
+	struct legacy *l = legacy_open_target(&cfg->legacy, cfg->id_type, LEGACY_SOCKET_TIMEOUT_MS, err, errlen);
+	if (l != NULL)
+		l->projection = legacy_projection(cfg);
 	return l;
 }
 
@@ -193,16 +209,11 @@ static void build_filter(const struct legacy *l, struct delivery *const *items, 
 		size_t len = strlen(d->user);
 		wanted[i].d = d;
 		bson_uint32_to_string((uint32_t)i, &key, index, sizeof(index));
-		d->as_oid = l->id_type == LEGACY_ID_OBJECTID && len == OID_HEX_LEN && bson_oid_is_valid(d->user, len);
-		if (d->as_oid) {
-			bson_oid_t oid;
-			bson_oid_init_from_string(&oid, d->user);
-			bson_append_oid(&in, key, -1, &oid);
-			bson_oid_to_string(&oid, wanted[i].key);
-		} else {
-			bson_append_utf8(&in, key, -1, d->user, (int)len);
-			snprintf(wanted[i].key, sizeof(wanted[i].key), "%s", d->user);
-		}
+		d->as_oid = legacy_append_id(&in, key, d->user, len, l->id_type);
+		snprintf(wanted[i].key, sizeof(wanted[i].key), "%s", d->user);
+		if (d->as_oid) /* as bson_oid_to_string writes it: lower case */
+			for (char *c = wanted[i].key; *c; c++)
+				*c = (char)tolower((unsigned char)*c);
 	}
 	bson_append_array_end(&id, &in);
 	bson_append_document_end(filter, &id);
@@ -413,4 +424,21 @@ int legacy_count(struct legacy *l, const bson_t *after, int64_t *total, int64_t 
 	mongoc_client_pool_push(l->pool, client);
 	bson_destroy(&start);
 	return rc;
+}
+
+/*
+ * Appends user[0..len) under key as the legacy _id it stands for: an
+ * ObjectId when id_type says so and it is 24 hex digits, else a string.
+ * Returns whether it went in as an ObjectId.
+ */
+bool legacy_append_id(bson_t *doc, const char *key, const char *user, size_t len, enum legacy_id_type id_type)
+{
+	if (id_type == LEGACY_ID_OBJECTID && len == OID_HEX_LEN && bson_oid_is_valid(user, len)) {
+		bson_oid_t oid;
+		bson_oid_init_from_string(&oid, user);
+		bson_append_oid(doc, key, -1, &oid);
+		return true;
+	}
+	bson_append_utf8(doc, key, -1, user, (int)len);
+	return false;
 }

@@ -1,6 +1,6 @@
 /*
- * main.c - cutover-migrate: options, signals, and the worker or the
- * backfill.
+ * main.c - cutover-migrate: options, signals, and the worker, sync-back
+ * or the backfill.
  *
  *   SIGTERM  finish the batch in hand (deliver, record, ack; for the
  *   SIGINT   backfill, the page in hand and its cursor) and exit 0;
@@ -53,11 +53,13 @@ static void install_signals(void)
 static void usage(FILE *out)
 {
 	fprintf(out, "usage: cutover-migrate run -c FILE [--check-config] [--log-level LEVEL]\n"
+		     "       cutover-migrate syncback -c FILE [--check-config] [--log-level LEVEL]\n"
 		     "       cutover-migrate backfill -c FILE [--rate N] [--direct] [--batch N] [--restart]\n"
 		     "                                [--log-level LEVEL]\n"
 		     "       cutover-migrate --version\n"
 		     "\n"
 		     "  run                   migrate the users the proxy puts on the migrate streams\n"
+		     "  syncback              apply the service's change events to the legacy users\n"
 		     "  backfill              walk legacy in _id order and enqueue every user not seen yet,\n"
 		     "                        from where the last backfill stopped\n"
 		     "  -c, --config FILE     the configuration (see conf/migrate.conf)\n"
@@ -116,8 +118,8 @@ int main(int argc, char **argv)
 		}
 	}
 	const char *command = optind == argc - 1 ? argv[optind] : "";
-	bool is_backfill = strcmp(command, "backfill") == 0;
-	if (path == NULL || (!is_backfill && strcmp(command, "run") != 0)) {
+	bool is_backfill = strcmp(command, "backfill") == 0, is_syncback = strcmp(command, "syncback") == 0;
+	if (path == NULL || (!is_backfill && !is_syncback && strcmp(command, "run") != 0)) {
 		usage(stderr);
 		return 1;
 	}
@@ -145,7 +147,9 @@ int main(int argc, char **argv)
 	} else {
 		log_init("cutover-migrate", level_text ? level : cfg->log_level);
 		install_signals();
-		rc = is_backfill ? backfill_run(cfg, &backfill, &stop_signal) : worker_run(cfg, &stop_signal);
+		rc = is_backfill   ? backfill_run(cfg, &backfill, &stop_signal)
+		     : is_syncback ? syncback_run(cfg, &stop_signal)
+				   : worker_run(cfg, &stop_signal);
 	}
 	migrate_config_free(cfg);
 out:

@@ -37,6 +37,28 @@ static const char *const counter_names[COUNT_MAX] = {
 	[COUNT_ATTEMPTS] = "attempts_exhausted",
 	[COUNT_LEGACY_ERRORS] = "legacy_errors",
 	[COUNT_REDIS_ERRORS] = "redis_errors",
+	[COUNT_SB_APPLIED] = "applied",
+	[COUNT_SB_CREATED] = "created",
+	[COUNT_SB_DELETED] = "deleted",
+	[COUNT_SB_NOT_IN_LEGACY] = "not_in_legacy",
+	[COUNT_SB_WRITE_ERRORS] = "write_errors",
+	[COUNT_SB_LAG] = "lag_events",
+	[COUNT_SB_PENDING] = "pending_events",
+	[COUNT_SB_OLDEST_MS] = "oldest_unacked_ms",
+};
+
+/* What each command's file shows, in this order. */
+const enum counter migrate_counters[] = {
+	COUNT_PROCESSED, COUNT_MIGRATED, COUNT_FAILED,      COUNT_DEFERRED,      COUNT_RETRIED,
+	COUNT_DEAD,      COUNT_NOT_FOUND, COUNT_MALFORMED,  COUNT_MAPPING,       COUNT_SINK_4XX,
+	COUNT_ATTEMPTS,  COUNT_LEGACY_ERRORS, COUNT_REDIS_ERRORS, COUNT_MAX,
+};
+const enum counter syncback_counters[] = {
+	COUNT_PROCESSED,       COUNT_SB_APPLIED,    COUNT_SB_CREATED,   COUNT_SB_DELETED,
+	COUNT_SB_NOT_IN_LEGACY, COUNT_SB_WRITE_ERRORS, COUNT_FAILED,    COUNT_RETRIED,
+	COUNT_DEAD,            COUNT_MALFORMED,     COUNT_MAPPING,      COUNT_ATTEMPTS,
+	COUNT_LEGACY_ERRORS,   COUNT_REDIS_ERRORS,  COUNT_SB_LAG,       COUNT_SB_PENDING,
+	COUNT_SB_OLDEST_MS,    COUNT_MAX,
 };
 
 static atomic_ullong counters[COUNT_MAX];
@@ -50,10 +72,17 @@ static pthread_cond_t writer_wake;
 static pthread_t writer_thread;
 static bool writer_running, writer_stop;
 static char *metrics_path;
+static const enum counter *metrics_shown;
 
 void metrics_count(enum counter c, unsigned long long n)
 {
 	atomic_fetch_add_explicit(&counters[c], n, memory_order_relaxed);
+}
+
+/* For the gauges. */
+void metrics_set(enum counter c, unsigned long long value)
+{
+	atomic_store_explicit(&counters[c], value, memory_order_relaxed);
 }
 
 unsigned long long metrics_get(enum counter c)
@@ -101,8 +130,8 @@ static void render(struct buf *out)
 	int64_t sorted[LATENCY_WINDOW];
 	char stamp[32];
 	buf_putc(out, '{');
-	for (int c = 0; c < COUNT_MAX; c++)
-		buf_printf(out, "\"%s\":%llu,", counter_names[c], metrics_get((enum counter)c));
+	for (const enum counter *c = metrics_shown; *c != COUNT_MAX; c++)
+		buf_printf(out, "\"%s\":%llu,", counter_names[*c], metrics_get(*c));
 	pthread_mutex_lock(&metrics_lock);
 	size_t n = nlatency;
 	memcpy(sorted, latency_us, n * sizeof(*sorted));
@@ -182,10 +211,11 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
-/* Writes the file once (an unwritable path is an error now, not later)
- * and starts the thread that rewrites it. Returns 0, or -1 with err. */
-int metrics_start(const char *path, char *err, size_t errlen)
+/* Writes the file once (an unwritable path is an error now, not later),
+ * with the counters shown (a list ending with COUNT_MAX), and starts the thread that rewrites it. Returns 0, or -1 with err. */
+int metrics_start(const char *path, const enum counter *shown, char *err, size_t errlen)
 {
+	metrics_shown = shown;
 	if (write_file(path, err, errlen) < 0)
 		return -1;
 	pthread_condattr_t attr;

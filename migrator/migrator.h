@@ -68,6 +68,20 @@ struct mongo_target {
 	char *collection;
 };
 
+enum syncback_deletes { SYNCBACK_TOMBSTONE, SYNCBACK_DELETE };
+
+/* The syncback { } section: the service's events, back into legacy. */
+struct syncback_config {
+	char *stream; /* the service's events; default <prefix>:service:events */
+	enum syncback_deletes deletes;
+	char *tombstone_field; /* set to true on a deleted user */
+	char *state_field;     /* the per-field versions kept in each legacy user */
+	int w;                 /* write concern: a count, or -1 for majority */
+	int wtimeout_ms;
+	char *metrics_file; /* or NULL */
+	struct mapping mapping; /* service fields -> legacy fields */
+};
+
 struct migrate_config {
 	char *path;
 	char *redis_url;
@@ -89,6 +103,10 @@ struct migrate_config {
 	int claim_idle_ms;
 	char *metrics_file; /* or NULL */
 	enum log_level log_level;
+	char *verify_url;       /* verify { url }: the service's read API, with {id}; or NULL */
+	char **verify_ignore;   /* verify { ignore }: fields only one side has */
+	size_t nverify_ignore;
+	struct syncback_config syncback;
 };
 
 int migrate_config_load(const char *path, struct migrate_config **out, char *err, size_t errlen);
@@ -135,7 +153,31 @@ struct sink {
 
 int sink_http_check_url(const char *url, char *why, size_t whylen);
 struct sink *sink_http_new(const struct migrate_config *cfg, char *err, size_t errlen);
+
+/* sink_http.c's client, which verify.c shares: one request at a time to
+ * a URL template with {id}, over a kept-alive connection. */
+enum http_method { HTTP_GET, HTTP_PUT };
+
+#define HTTP_EXCERPT 200
+
+struct http_reply {
+	int status;                     /* 0: no response, see error */
+	char error[DELIVERY_ERROR_MAX]; /* status 0: what went wrong */
+	char excerpt[HTTP_EXCERPT + 1]; /* the body's start, printable */
+};
+
+struct http_client;
+struct http_client *http_client_new(const char *url, int timeout_ms, char *err, size_t errlen);
+void http_client_free(struct http_client *c);
+void http_client_request(struct http_client *c, enum http_method method, const char *id, const char *body,
+			 size_t len, const char *const *headers, struct buf *response, struct http_reply *out);
 struct sink *sink_mongo_new(const struct migrate_config *cfg, char *err, size_t errlen);
+/* sink_mongo.c's reading of a failed bulk write's reply, shared */
+int mongo_each_write_error(const bson_t *reply, void (*fn)(const bson_t *write_error, void *arg), void *arg);
+int64_t mongo_write_error_index(const bson_t *write_error);
+bool mongo_duplicate_on_id(const bson_t *write_error);
+void mongo_write_error_text(const bson_t *write_error, char *out, size_t outlen);
+bool mongo_write_concern_failed(const bson_t *reply);
 
 /* ---- legacy.c: the legacy collection, and MongoDB helpers ---------- */
 
@@ -144,8 +186,11 @@ int mongo_uri_check(const char *uri, char *why, size_t whylen);
 mongoc_client_pool_t *mongo_pool_new(const char *uri, int socket_ms, char *err, size_t errlen);
 void mongo_log_to_ours(void);
 struct legacy *legacy_open(const struct migrate_config *cfg, char *err, size_t errlen);
+struct legacy *legacy_open_target(const struct mongo_target *t, enum legacy_id_type id_type, int socket_ms,
+				  char *err, size_t errlen);
 void legacy_close(struct legacy *l);
 int legacy_load(struct legacy *l, struct delivery *const *items, size_t n, char *err, size_t errlen);
+bool legacy_append_id(bson_t *doc, const char *key, const char *user, size_t len, enum legacy_id_type id_type);
 int legacy_user_id(const bson_t *doc, char id[USER_ID_MAX + 1], const char **why);
 int legacy_walk(struct legacy *l, const bson_t *after, int limit, bool whole, bson_t **docs, size_t *n, char *err,
 		size_t errlen);
@@ -167,14 +212,26 @@ enum counter {
 	COUNT_ATTEMPTS,      /* dead-lettered after the last attempt */
 	COUNT_LEGACY_ERRORS, /* batches the legacy find failed for */
 	COUNT_REDIS_ERRORS,  /* lost connections and refused commands */
+	/* sync-back's own */
+	COUNT_SB_APPLIED,       /* users' changes in legacy (written, or already there) */
+	COUNT_SB_CREATED,       /* users created through the service, recorded as migrated */
+	COUNT_SB_DELETED,       /* users deleted or tombstoned */
+	COUNT_SB_NOT_IN_LEGACY, /* changes to a user legacy lacks, left for a retry */
+	COUNT_SB_WRITE_ERRORS,  /* write errors, per user */
+	COUNT_SB_LAG,           /* gauge: events not yet read by the group */
+	COUNT_SB_PENDING,       /* gauge: events read, not yet acked */
+	COUNT_SB_OLDEST_MS,     /* gauge: age of the oldest event not acked */
 	COUNT_MAX
 };
 
+extern const enum counter migrate_counters[], syncback_counters[]; /* each ends with COUNT_MAX */
+
 void metrics_count(enum counter c, unsigned long long n);
+void metrics_set(enum counter c, unsigned long long value);
 unsigned long long metrics_get(enum counter c);
 void metrics_batch_latency(int64_t us);
 void metrics_error(const char *fmt, ...) CUTOVER_PRINTF(1, 2);
-int metrics_start(const char *path, char *err, size_t errlen);
+int metrics_start(const char *path, const enum counter *shown, char *err, size_t errlen);
 void metrics_stop(void);
 
 /* ---- consumer.c: a member of a Redis stream consumer group ------------ */
@@ -197,8 +254,8 @@ struct consumer_options {
 /* A command of fixed, small arity, arguments with lengths. */
 struct command {
 	int argc;
-	const char *argv[16];
-	size_t len[16];
+	const char *argv[24];
+	size_t len[24];
 };
 
 struct redisReply;
@@ -223,7 +280,7 @@ struct redisReply *consumer_command(struct consumer *c, const char *what, int ar
 				    const size_t *len);
 int consumer_read(struct consumer *c, consumer_take_fn take, void *ctx);
 int consumer_ack(struct consumer *c, size_t n, const int *stream, const char *const *ids);
-const char *consumer_stream(const struct consumer *c, int s);
+struct redisContext *consumer_redis(const struct consumer *c);
 void cmd_arg(struct command *cmd, const char *s, size_t len);
 void cmd_str(struct command *cmd, const char *s);
 void cmd_send(struct consumer *c, struct command *cmd);
@@ -242,6 +299,10 @@ struct consumer *worker_consumer(const struct worker *w);
 int worker_deliver(struct worker *w, struct delivery **users, size_t n);
 int worker_run(const struct migrate_config *cfg, const volatile sig_atomic_t *stop);
 
+/* ---- syncback.c ------------------------------------------------------ */
+
+int syncback_run(const struct migrate_config *cfg, const volatile sig_atomic_t *stop);
+
 /* ---- backfill.c -------------------------------------------------------- */
 
 struct backfill_options {
@@ -253,5 +314,49 @@ struct backfill_options {
 
 int backfill_run(const struct migrate_config *cfg, const struct backfill_options *opts,
 		 const volatile sig_atomic_t *stop);
+
+/* ---- verify.c: a migrated user's copies in legacy and in the service -- */
+
+enum verify_outcome {
+	VERIFY_SAME,           /* every compared field is equal */
+	VERIFY_GONE,           /* absent (or deleted) on both sides: consistent too */
+	VERIFY_DRIFT,          /* fields differ: see fields */
+	VERIFY_NOT_IN_SERVICE, /* in legacy only (deleted in the service counts as absent) */
+	VERIFY_NOT_IN_LEGACY,  /* in the service only */
+	VERIFY_UNMAPPABLE,     /* the mapping refuses the legacy document: see why */
+};
+
+enum verify_kind {
+	VERIFY_DIFFERS, /* on both sides, with different values */
+	VERIFY_MISSING, /* in the mapped legacy document, not in the service's */
+	VERIFY_EXTRA,   /* in the service's document only */
+};
+
+struct verify_field {
+	enum verify_kind kind;
+	char *name;
+	char *legacy;  /* the value as relaxed extended JSON; NULL for VERIFY_EXTRA */
+	char *service; /* likewise; NULL for VERIFY_MISSING */
+};
+
+struct verify_report {
+	enum verify_outcome outcome;
+	struct verify_field *fields; /* VERIFY_DRIFT: in legacy's order, then the extra ones */
+	size_t nfields;
+	char why[DELIVERY_ERROR_MAX]; /* VERIFY_UNMAPPABLE */
+};
+
+int verify_parse_time(const char *s, size_t len, int64_t *ms);
+bool verify_values_equal(const bson_iter_t *legacy, const bson_iter_t *service);
+bool verify_is_deleted(const bson_t *doc);
+void verify_user(const struct mapping *m, char *const *ignore, size_t nignore, const bson_t *legacy,
+		 const bson_t *service, struct verify_report *out);
+void verify_report_free(struct verify_report *r);
+
+struct verify_service;
+struct verify_service *verify_service_open(const struct migrate_config *cfg, char *err, size_t errlen);
+void verify_service_close(struct verify_service *s);
+int verify_service_load(struct verify_service *s, struct delivery *const *items, size_t n, bson_t **docs,
+			char *err, size_t errlen);
 
 #endif

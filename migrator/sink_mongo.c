@@ -17,6 +17,7 @@
  * A duplicate key on another unique index, any other write error, a
  * write concern error or a failed bulk (server unreachable) is a retry.
  */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,11 +65,14 @@ static void build_selector(const struct sink_mongo *m, const struct delivery *d,
 	bson_append_array_end(filter, &or);
 }
 
-/* Whether a duplicate key write error is on the _id index: by its
+/* Whether write_error is a duplicate key on the _id index: by its
  * keyPattern (MongoDB 4.2 and later), else by its message. */
-static bool duplicate_on_id(const bson_t *write_error)
+bool mongo_duplicate_on_id(const bson_t *write_error)
 {
 	bson_iter_t it, key;
+	if (!bson_iter_init_find(&it, write_error, "code") || !BSON_ITER_HOLDS_NUMBER(&it) ||
+	    bson_iter_as_int64(&it) != DUPLICATE_KEY)
+		return false;
 	if (bson_iter_init_find(&it, write_error, "keyPattern") && BSON_ITER_HOLDS_DOCUMENT(&it)) {
 		bson_t pattern;
 		uint32_t len;
@@ -85,28 +89,81 @@ static bool duplicate_on_id(const bson_t *write_error)
 	return strstr(msg, "index: _id_ ") != NULL;
 }
 
-/* Sets the outcome of items[index[k]] from the k-th write error. */
-static void apply_write_error(const bson_t *write_error, struct delivery *const *items, const size_t *index,
-			      size_t n)
+/* The index of the operation a write error is about, or -1. */
+int64_t mongo_write_error_index(const bson_t *write_error)
 {
 	bson_iter_t it;
-	int32_t code = 0;
-	int64_t k = -1;
+	return bson_iter_init_find(&it, write_error, "index") && BSON_ITER_HOLDS_NUMBER(&it) ? bson_iter_as_int64(&it)
+											       : -1;
+}
+
+/* "write error CODE: MESSAGE". */
+void mongo_write_error_text(const bson_t *write_error, char *out, size_t outlen)
+{
+	bson_iter_t it;
+	int64_t code = 0;
 	const char *msg = "write error";
 	uint32_t len;
-	if (bson_iter_init_find(&it, write_error, "index") && BSON_ITER_HOLDS_NUMBER(&it))
-		k = bson_iter_as_int64(&it);
 	if (bson_iter_init_find(&it, write_error, "code") && BSON_ITER_HOLDS_NUMBER(&it))
-		code = (int32_t)bson_iter_as_int64(&it);
+		code = bson_iter_as_int64(&it);
 	if (bson_iter_init_find(&it, write_error, "errmsg") && BSON_ITER_HOLDS_UTF8(&it))
 		msg = bson_iter_utf8(&it, &len);
-	if (k < 0 || (uint64_t)k >= n)
+	snprintf(out, outlen, "write error %" PRId64 ": %s", code, msg);
+}
+
+/* Calls fn for each of the reply's writeErrors. Returns how many. */
+int mongo_each_write_error(const bson_t *reply, void (*fn)(const bson_t *write_error, void *arg), void *arg)
+{
+	bson_iter_t it, child;
+	int n = 0;
+	if (!bson_iter_init_find(&it, reply, "writeErrors") || !BSON_ITER_HOLDS_ARRAY(&it) ||
+	    !bson_iter_recurse(&it, &child))
+		return 0;
+	while (bson_iter_next(&child)) {
+		bson_t e;
+		uint32_t len;
+		const uint8_t *data;
+		if (!BSON_ITER_HOLDS_DOCUMENT(&child))
+			continue;
+		bson_iter_document(&child, &len, &data);
+		if (bson_init_static(&e, data, len)) {
+			fn(&e, arg);
+			n++;
+		}
+	}
+	return n;
+}
+
+/* Whether the reply reports a write concern error. */
+bool mongo_write_concern_failed(const bson_t *reply)
+{
+	bson_iter_t it, child;
+	return bson_iter_init_find(&it, reply, "writeConcernErrors") && BSON_ITER_HOLDS_ARRAY(&it) &&
+	       bson_iter_recurse(&it, &child) && bson_iter_next(&child);
+}
+
+/* The items of a bulk and the index of each operation's item. */
+struct sent {
+	struct delivery *const *items;
+	const size_t *index;
+	size_t n;
+};
+
+/* Sets the outcome of the item of one write error. */
+static void apply_write_error(const bson_t *write_error, void *arg)
+{
+	const struct sent *sent = arg;
+	char text[DELIVERY_ERROR_MAX];
+	int64_t k = mongo_write_error_index(write_error);
+	if (k < 0 || (uint64_t)k >= sent->n)
 		return;
-	struct delivery *d = items[index[k]];
-	if (code == DUPLICATE_KEY && duplicate_on_id(write_error))
+	struct delivery *d = sent->items[sent->index[k]];
+	if (mongo_duplicate_on_id(write_error)) {
 		delivery_set(d, OUTCOME_DELIVERED, NULL, "the service has a newer or equal version");
-	else
-		delivery_set(d, OUTCOME_RETRY, NULL, "write error %d: %s", code, msg);
+		return;
+	}
+	mongo_write_error_text(write_error, text, sizeof(text));
+	delivery_set(d, OUTCOME_RETRY, NULL, "%s", text);
 }
 
 /* The number a reply counts under key (nUpserted, nMatched), or 0. */
@@ -126,25 +183,9 @@ static int64_t reply_count(const bson_t *reply, const char *key)
 static void apply_failure(const bson_t *reply, const bson_error_t *error, struct delivery *const *items,
 			  const size_t *index, size_t n)
 {
-	bson_iter_t it, child;
-	int64_t failed = 0;
-	if (bson_iter_init_find(&it, reply, "writeErrors") && BSON_ITER_HOLDS_ARRAY(&it) &&
-	    bson_iter_recurse(&it, &child)) {
-		while (bson_iter_next(&child)) {
-			bson_t e;
-			uint32_t len;
-			const uint8_t *data;
-			if (!BSON_ITER_HOLDS_DOCUMENT(&child))
-				continue;
-			bson_iter_document(&child, &len, &data);
-			if (bson_init_static(&e, data, len)) {
-				apply_write_error(&e, items, index, n);
-				failed++;
-			}
-		}
-	}
-	bool wc_failed = bson_iter_init_find(&it, reply, "writeConcernErrors") && BSON_ITER_HOLDS_ARRAY(&it) &&
-			 bson_iter_recurse(&it, &child) && bson_iter_next(&child);
+	struct sent sent = { items, index, n };
+	int64_t failed = mongo_each_write_error(reply, apply_write_error, &sent);
+	bool wc_failed = mongo_write_concern_failed(reply);
 	bool complete = failed + reply_count(reply, "nUpserted") + reply_count(reply, "nMatched") == (int64_t)n;
 	for (size_t k = 0; k < n; k++) {
 		struct delivery *d = items[index[k]];

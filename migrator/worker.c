@@ -701,7 +701,7 @@ int worker_run(const struct migrate_config *cfg, const volatile sig_atomic_t *st
 {
 	char err[MIGRATE_ERR_MAX];
 	struct worker *w = worker_new(cfg, stop, err, sizeof(err));
-	if (w == NULL || (cfg->metrics_file && metrics_start(cfg->metrics_file, err, sizeof(err)) < 0)) {
+	if (w == NULL || (cfg->metrics_file && metrics_start(cfg->metrics_file, migrate_counters, err, sizeof(err)) < 0)) {
 		log_error("%s", err);
 		worker_free(w);
 		return 1;

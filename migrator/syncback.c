@@ -1,0 +1,1089 @@
+/*
+ * syncback.c - `cutover-migrate syncback`: the user service's change
+ * events, applied to the legacy users collection, so that the monolith's
+ * own joins keep seeing current users while the service is the source
+ * of truth. Keys and the event format: docs/design.md, "Sync-back".
+ *
+ * The service XADDs one entry per change to its events stream: type
+ * (USER_CREATED, USER_UPDATED, USER_DELETED), user, version (the user's,
+ * moved up by every change), fields (JSON: the changed fields, the whole
+ * user for a create) and at. Each turn reads a batch as a member of the
+ * group "syncback" (consumer.c) and takes it through:
+ *
+ *   1. parse: an entry without a known type, a usable user id, a
+ *      positive version or a JSON object of fields (after the mapping,
+ *      top-level names without '.' or a leading '$') is dead-lettered,
+ *      reason malformed;
+ *   2. merge the events of each user, so one user is written once a
+ *      batch and its create and updates cannot race each other;
+ *   3. one unordered bulk write to legacy, with the configured write
+ *      concern, each changed field its own update guarded by the version
+ *      that last set that field, kept in the user's state field:
+ *
+ *        {_id, "S.del": {$exists: false},
+ *         $or: [{"S.f.F": {$exists: false}}, {"S.f.F": {$lt: v}}]}
+ *        -> {$set: {F: value, "S.f.F": v}, $max: {"S.v": v}}
+ *
+ *      so a repeated event, or an older one arriving late, changes
+ *      nothing, and two updates of different fields arriving out of
+ *      order both land. A create upserts; an update of a user legacy
+ *      lacks (its create not applied yet) is left pending for a retry.
+ *      A delete sets the tombstone field and S.del (deletes =
+ *      tombstone), after which nothing older applies; or deletes the
+ *      document (deletes = delete) after recording the version in
+ *      <p>:syncback:deleted, which then stops older events instead;
+ *   4. Redis, pipelined: attempts of users that failed; each created
+ *      user recorded as migrated and seen (its reads may go to the
+ *      service at once: it lives there); dead-letters; and only then
+ *      XACK of the entries whose outcome is durable. The stream is the
+ *      service's: entries are acked, not deleted.
+ *
+ * A write the legacy server could not take at the write concern (or at
+ * all) is an outage: the batch waits and is written again, no attempt
+ * counted. A write error on one user (a validation rule, say) counts an
+ * attempt for that user; after retry.attempts it is dead-lettered.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <hiredis/hiredis.h>
+
+#include "migrator/migrator.h"
+
+#define GROUP "syncback"
+#define DUPLICATE_KEY 11000
+#define VERSION_MAX 9007199254740991LL /* 2^53 - 1: exact in any JSON reader */
+#define LAG_EVERY_US 1000000
+#define FIELD_KEY_MAX 300 /* "S.f.F" */
+
+enum event_type { EVENT_CREATED, EVENT_UPDATED, EVENT_DELETED };
+static const char *const event_type_names[] = { "USER_CREATED", "USER_UPDATED", "USER_DELETED" };
+
+struct change;
+
+/* One stream entry of a batch. */
+struct event {
+	char *id;
+	bool claimed;
+	enum event_type type;
+	char *user; /* as sent, or NULL */
+	size_t user_len;
+	int64_t version;
+	bson_t *fields; /* mapped to legacy names; NULL for a delete */
+	char malformed[DELIVERY_ERROR_MAX]; /* why it is unusable, or "" */
+	const char *reason;                 /* its dead-letter reason */
+	struct change *change;              /* its user's */
+	bool recorded;                      /* malformed: dead-letter written */
+	bool acked;
+};
+
+/* One field as a user's events of the batch leave it. */
+struct field_change {
+	const char *name;    /* in doc */
+	const bson_t *doc;   /* the fields of the event that set it last */
+	int64_t version;
+};
+
+/* The events of one user in a batch, merged. */
+struct change {
+	char *user;
+	int64_t version; /* the highest */
+	bool created;
+	bool deleted;
+	struct field_change *fields;
+	size_t nfields;
+	bool stale;      /* deletes = delete: the user was deleted at a later version */
+	enum outcome outcome;
+	const char *reason;
+	char error[DELIVERY_ERROR_MAX];
+	long long attempts;
+	bool recorded;
+};
+
+struct batch {
+	struct event *events;
+	size_t nevents;
+	struct change **changes;
+	size_t nchanges;
+};
+
+struct syncback {
+	const struct migrate_config *cfg;
+	const struct syncback_config *sb;
+	struct consumer *q;
+	mongoc_client_pool_t *pool;
+	mongoc_write_concern_t *wc;
+	char *dead_key, *attempts_key, *deleted_key, *migrated_key, *seen_key, *changed_channel;
+	int64_t next_lag_us;
+	int failing_batches;
+	int failing_reads;
+};
+
+/* ---- 1. parse ------------------------------------------------------------ */
+
+/* The value of field name among an entry's fields, or NULL. */
+static const redisReply *entry_field(const redisReply *fields, const char *name)
+{
+	size_t len = strlen(name);
+	for (size_t i = 0; fields->type == REDIS_REPLY_ARRAY && i + 1 < fields->elements; i += 2) {
+		const redisReply *k = fields->element[i], *v = fields->element[i + 1];
+		if (k->type == REDIS_REPLY_STRING && k->len == len && memcmp(k->str, name, len) == 0)
+			return v->type == REDIS_REPLY_STRING ? v : NULL;
+	}
+	return NULL;
+}
+
+/* Whether the mapped fields can be written as they are: top-level names
+ * that are not _id-only, the state or tombstone field, nor paths. */
+static int check_field_names(const struct syncback_config *sb, const bson_t *doc, char *why, size_t whylen)
+{
+	bson_iter_t it;
+	bson_iter_init(&it, doc);
+	while (bson_iter_next(&it)) {
+		const char *k = bson_iter_key(&it);
+		if (mapping_field_check(k, why, whylen) < 0)
+			return -1;
+		if (strcmp(k, sb->state_field) == 0 || strcmp(k, sb->tombstone_field) == 0) {
+			snprintf(why, whylen, "field '%s' is sync-back's own", k);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* The fields JSON of e, checked and mapped. Returns 0, or -1 with
+ * e->malformed and e->reason set. */
+static int parse_fields(const struct syncback_config *sb, struct event *e, const redisReply *text)
+{
+	bson_error_t error;
+	char why[DELIVERY_ERROR_MAX];
+	size_t i = 0;
+	while (text && i < text->len && (text->str[i] == ' ' || text->str[i] == '\t' || text->str[i] == '\n'))
+		i++;
+	if (text == NULL || i == text->len || text->str[i] != '{') {
+		snprintf(e->malformed, sizeof(e->malformed), "fields is not a JSON object");
+		return -1;
+	}
+	bson_t *raw = bson_new_from_json((const uint8_t *)text->str, (ssize_t)text->len, &error);
+	if (raw == NULL) {
+		snprintf(e->malformed, sizeof(e->malformed), "fields is not JSON: %.200s", error.message);
+		return -1;
+	}
+	e->fields = bson_new();
+	int rc = mapping_apply(&sb->mapping, raw, e->fields, why, sizeof(why));
+	bson_destroy(raw);
+	if (rc < 0) {
+		e->reason = "mapping";
+		snprintf(e->malformed, sizeof(e->malformed), "%s", why);
+		return -1;
+	}
+	if (check_field_names(sb, e->fields, why, sizeof(why)) < 0) {
+		snprintf(e->malformed, sizeof(e->malformed), "%s", why);
+		return -1;
+	}
+	return 0;
+}
+
+/* Type, version and fields of e; the user is read already. */
+static void parse_event(const struct syncback_config *sb, struct event *e, const redisReply *fields)
+{
+	const redisReply *type = entry_field(fields, "type"), *version = entry_field(fields, "version");
+	int t;
+	for (t = 0; type && t < 3; t++)
+		if (strcmp(type->str, event_type_names[t]) == 0)
+			break;
+	if (type == NULL || t == 3) {
+		snprintf(e->malformed, sizeof(e->malformed), "type is not USER_CREATED, USER_UPDATED or USER_DELETED");
+		return;
+	}
+	e->type = (enum event_type)t;
+	char *end = NULL;
+	long long v = version ? strtoll(version->str, &end, 10) : 0;
+	if (version == NULL || end == version->str || *end != '\0' || v < 1 || v > VERSION_MAX) {
+		snprintf(e->malformed, sizeof(e->malformed), "version is not a whole number from 1 to 2^53 - 1");
+		return;
+	}
+	e->version = v;
+	if (e->type != EVENT_DELETED)
+		parse_fields(sb, e, entry_field(fields, "fields"));
+}
+
+/* consumer_take_fn: adds one event to the batch of the syncback ctx. */
+static void take_event(void *ctx, int stream, const char *id, const redisReply *fields, bool claimed)
+{
+	struct syncback *s = ((void **)ctx)[0];
+	struct batch *b = ((void **)ctx)[1];
+	const char *user, *why;
+	size_t len;
+	(void)stream;
+	b->events = xrealloc(b->events, (b->nevents + 1) * sizeof(*b->events));
+	struct event *e = &b->events[b->nevents++];
+	memset(e, 0, sizeof(*e));
+	e->id = xstrdup(id);
+	e->claimed = claimed;
+	e->reason = "malformed";
+	int rc = entry_user(fields, &user, &len, &why);
+	if (user != NULL) {
+		e->user = xstrndup(user, len);
+		e->user_len = len;
+	}
+	if (rc < 0)
+		snprintf(e->malformed, sizeof(e->malformed), "user: %s", why);
+	else
+		parse_event(s->sb, e, fields);
+}
+
+/* ---- 2. merge ------------------------------------------------------------ */
+
+static int compare_events(const void *a, const void *b)
+{
+	const struct event *x = *(struct event *const *)a, *y = *(struct event *const *)b;
+	int c = strcmp(x->user, y->user);
+	return c != 0 ? c : (x->version > y->version) - (x->version < y->version);
+}
+
+/* Folds e into c: a field's value is the one of the latest event. */
+static void merge_event(struct change *c, const struct event *e)
+{
+	bson_iter_t it;
+	c->version = e->version;
+	c->created = c->created || e->type == EVENT_CREATED;
+	c->deleted = c->deleted || e->type == EVENT_DELETED;
+	if (e->fields == NULL || !bson_iter_init(&it, e->fields))
+		return;
+	while (bson_iter_next(&it)) {
+		const char *name = bson_iter_key(&it);
+		size_t k;
+		if (strcmp(name, "_id") == 0)
+			continue;
+		for (k = 0; k < c->nfields && strcmp(c->fields[k].name, name) != 0; k++)
+			;
+		if (k == c->nfields)
+			c->fields = xrealloc(c->fields, ++c->nfields * sizeof(*c->fields));
+		c->fields[k] = (struct field_change){ name, e->fields, e->version };
+	}
+}
+
+/* One change per user of the well-formed events, in version order. */
+static void collect_changes(struct batch *b)
+{
+	struct event **sorted = xcalloc(b->nevents + 1, sizeof(*sorted));
+	size_t n = 0;
+	for (size_t i = 0; i < b->nevents; i++)
+		if (b->events[i].malformed[0] == '\0')
+			sorted[n++] = &b->events[i];
+	qsort(sorted, n, sizeof(*sorted), compare_events);
+	b->changes = xcalloc(n + 1, sizeof(*b->changes));
+	for (size_t i = 0; i < n; i++) {
+		if (i == 0 || strcmp(sorted[i - 1]->user, sorted[i]->user) != 0) {
+			struct change *c = xcalloc(1, sizeof(*c));
+			c->user = xstrdup(sorted[i]->user);
+			b->changes[b->nchanges++] = c;
+		}
+		sorted[i]->change = b->changes[b->nchanges - 1];
+		merge_event(sorted[i]->change, sorted[i]);
+	}
+	free(sorted);
+}
+
+static void batch_free(struct batch *b)
+{
+	for (size_t i = 0; i < b->nevents; i++) {
+		free(b->events[i].id);
+		free(b->events[i].user);
+		if (b->events[i].fields)
+			bson_destroy(b->events[i].fields);
+	}
+	free(b->events);
+	for (size_t i = 0; i < b->nchanges; i++) {
+		free(b->changes[i]->user);
+		free(b->changes[i]->fields);
+		free(b->changes[i]);
+	}
+	free(b->changes);
+	memset(b, 0, sizeof(*b));
+}
+
+static void change_set(struct change *c, enum outcome outcome, const char *reason, const char *fmt, ...)
+	CUTOVER_PRINTF(4, 5);
+static void change_set(struct change *c, enum outcome outcome, const char *reason, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(c->error, sizeof(c->error), fmt, ap);
+	va_end(ap);
+	c->outcome = outcome;
+	c->reason = reason;
+}
+
+/* ---- 3. legacy ----------------------------------------------------------- */
+
+/* "S.f.F", "S.del" or "S.v" into key. */
+static const char *state_key(const struct syncback *s, const char *part, const char *field, char key[FIELD_KEY_MAX])
+{
+	snprintf(key, FIELD_KEY_MAX, "%s.%s%s%s", s->sb->state_field, part, field ? "." : "", field ? field : "");
+	return key;
+}
+
+/* {_id: c's id, "S.del": {$exists: false}}, and the field's guard when
+ * field is not NULL. */
+static void build_guard(const struct syncback *s, const struct change *c, const char *field, int64_t version,
+			bson_t *filter)
+{
+	char key[FIELD_KEY_MAX];
+	bson_t cond, or, alt;
+	legacy_append_id(filter, "_id", c->user, strlen(c->user), s->cfg->id_type);
+	BSON_APPEND_DOCUMENT_BEGIN(filter, state_key(s, "del", NULL, key), &cond);
+	BSON_APPEND_BOOL(&cond, "$exists", false);
+	bson_append_document_end(filter, &cond);
+	if (field == NULL)
+		return;
+	state_key(s, "f", field, key);
+	BSON_APPEND_ARRAY_BEGIN(filter, "$or", &or);
+	BSON_APPEND_DOCUMENT_BEGIN(&or, "0", &alt);
+	BSON_APPEND_DOCUMENT_BEGIN(&alt, key, &cond);
+	BSON_APPEND_BOOL(&cond, "$exists", false);
+	bson_append_document_end(&alt, &cond);
+	bson_append_document_end(&or, &alt);
+	BSON_APPEND_DOCUMENT_BEGIN(&or, "1", &alt);
+	BSON_APPEND_DOCUMENT_BEGIN(&alt, key, &cond);
+	BSON_APPEND_INT64(&cond, "$lt", version);
+	bson_append_document_end(&alt, &cond);
+	bson_append_document_end(&or, &alt);
+	bson_append_array_end(filter, &or);
+}
+
+/* {$set: {F: value, "S.f.F": v}, $max: {"S.v": v}} for a field; without
+ * one, the $max alone (a create with no fields still creates). */
+static void build_field_update(const struct syncback *s, const struct change *c, const struct field_change *f,
+			       bson_t *update)
+{
+	char key[FIELD_KEY_MAX];
+	bson_t set, max;
+	bson_iter_t value;
+	if (f != NULL && bson_iter_init_find(&value, f->doc, f->name)) {
+		BSON_APPEND_DOCUMENT_BEGIN(update, "$set", &set);
+		bson_append_iter(&set, f->name, -1, &value);
+		BSON_APPEND_INT64(&set, state_key(s, "f", f->name, key), f->version);
+		bson_append_document_end(update, &set);
+	}
+	BSON_APPEND_DOCUMENT_BEGIN(update, "$max", &max);
+	BSON_APPEND_INT64(&max, state_key(s, "v", NULL, key), c->version);
+	bson_append_document_end(update, &max);
+}
+
+/* The tombstone: {$set: {T: true, "S.del": v}, $max: {"S.v": v}}. */
+static void build_tombstone(const struct syncback *s, const struct change *c, bson_t *update)
+{
+	char key[FIELD_KEY_MAX];
+	bson_t set, max;
+	BSON_APPEND_DOCUMENT_BEGIN(update, "$set", &set);
+	BSON_APPEND_BOOL(&set, s->sb->tombstone_field, true);
+	BSON_APPEND_INT64(&set, state_key(s, "del", NULL, key), c->version);
+	bson_append_document_end(update, &set);
+	BSON_APPEND_DOCUMENT_BEGIN(update, "$max", &max);
+	BSON_APPEND_INT64(&max, state_key(s, "v", NULL, key), c->version);
+	bson_append_document_end(update, &max);
+}
+
+/* One operation of a bulk: whose, and which field (-1: none). */
+struct op {
+	struct change *c;
+	long field;
+	bool upsert;
+	bool tombstone;
+	bool remove;
+};
+
+struct bulk {
+	struct op *ops;
+	size_t nops;
+};
+
+static void add_op(struct bulk *b, struct change *c, long field, bool upsert, bool tombstone, bool remove)
+{
+	b->ops = xrealloc(b->ops, (b->nops + 1) * sizeof(*b->ops));
+	b->ops[b->nops++] = (struct op){ c, field, upsert, tombstone, remove };
+}
+
+/* The operations of the changes still undecided. */
+static void plan(const struct syncback *s, const struct batch *b, struct bulk *out)
+{
+	for (size_t i = 0; i < b->nchanges; i++) {
+		struct change *c = b->changes[i];
+		if (c->outcome != OUTCOME_NONE)
+			continue;
+		if (c->deleted && s->sb->deletes == SYNCBACK_DELETE) {
+			add_op(out, c, -1, false, false, true);
+			continue;
+		}
+		for (size_t k = 0; k < c->nfields; k++)
+			add_op(out, c, (long)k, c->created, false, false);
+		if (c->nfields == 0 && !c->deleted)
+			add_op(out, c, -1, c->created, false, false);
+		/* Upserted: a user deleted in the service before legacy heard of
+		 * it still needs its tombstone, or a late create would bring it
+		 * back. */
+		if (c->deleted)
+			add_op(out, c, -1, true, true, false);
+	}
+}
+
+/* Appends op to bulk. Returns false with error when libmongoc refuses
+ * the document (a field value it will not store). */
+static bool append_op(const struct syncback *s, mongoc_bulk_operation_t *bulk, const struct op *op,
+		      bson_error_t *error)
+{
+	bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER, opts = BSON_INITIALIZER;
+	const struct field_change *f = op->field >= 0 ? &op->c->fields[op->field] : NULL;
+	bool ok;
+	if (op->remove) {
+		legacy_append_id(&filter, "_id", op->c->user, strlen(op->c->user), s->cfg->id_type);
+		ok = mongoc_bulk_operation_remove_one_with_opts(bulk, &filter, NULL, error);
+	} else {
+		build_guard(s, op->c, f ? f->name : NULL, f ? f->version : 0, &filter);
+		if (op->tombstone)
+			build_tombstone(s, op->c, &update);
+		else
+			build_field_update(s, op->c, f, &update);
+		BSON_APPEND_BOOL(&opts, "upsert", op->upsert);
+		ok = mongoc_bulk_operation_update_one_with_opts(bulk, &filter, &update, &opts, error);
+	}
+	bson_destroy(&filter);
+	bson_destroy(&update);
+	bson_destroy(&opts);
+	return ok;
+}
+
+/* What a write error says about its operation. */
+static void apply_write_error(const bson_t *write_error, void *arg)
+{
+	struct bulk *retry = ((void **)arg)[0];
+	const struct bulk *sent = ((void **)arg)[1];
+	int64_t k = mongo_write_error_index(write_error);
+	if (k < 0 || (uint64_t)k >= sent->nops)
+		return;
+	const struct op *op = &sent->ops[k];
+	if (mongo_duplicate_on_id(write_error)) {
+		/* The user's document exists: the guard refused (an older
+		 * event), or another writer inserted it first. Without the
+		 * upsert the guard alone decides. */
+		if (op->upsert && !op->tombstone)
+			add_op(retry, op->c, op->field, false, false, false);
+		return;
+	}
+	char text[DELIVERY_ERROR_MAX];
+	mongo_write_error_text(write_error, text, sizeof(text));
+	if (op->c->outcome == OUTCOME_NONE)
+		change_set(op->c, OUTCOME_RETRY, "attempts", "legacy refused the write: %s", text);
+}
+
+/*
+ * Runs the operations of plan in one unordered bulk. Duplicate key
+ * errors of upserts are collected into retry. Returns 0, or -1 with err
+ * when the bulk as a whole failed (unreachable, or the write concern not
+ * met): an outage, for which the batch is written again.
+ */
+static int run_bulk(struct syncback *s, mongoc_collection_t *coll, struct bulk *plan, struct bulk *retry,
+		    char *err, size_t errlen)
+{
+	bson_t opts = BSON_INITIALIZER, reply;
+	bson_error_t error;
+	size_t nsent = 0;
+	BSON_APPEND_BOOL(&opts, "ordered", false);
+	mongoc_write_concern_append(s->wc, &opts);
+	mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(coll, &opts);
+	struct bulk sent = { 0 };
+	for (size_t k = 0; k < plan->nops; k++) {
+		if (!append_op(s, bulk, &plan->ops[k], &error)) {
+			change_set(plan->ops[k].c, OUTCOME_DEAD, "malformed", "not a document legacy can store: %s",
+				   error.message);
+			continue;
+		}
+		add_op(&sent, plan->ops[k].c, plan->ops[k].field, plan->ops[k].upsert, plan->ops[k].tombstone,
+		       plan->ops[k].remove);
+		nsent++;
+	}
+	int rc = 0;
+	if (nsent > 0 && !mongoc_bulk_operation_execute(bulk, &reply, &error)) {
+		void *arg[2] = { retry, &sent };
+		int nerrors = mongo_each_write_error(&reply, apply_write_error, arg);
+		if (nerrors == 0 || mongo_write_concern_failed(&reply)) {
+			snprintf(err, errlen, "%s", error.message);
+			rc = -1;
+		}
+	}
+	if (nsent > 0)
+		bson_destroy(&reply);
+	free(sent.ops);
+	mongoc_bulk_operation_destroy(bulk);
+	bson_destroy(&opts);
+	return rc;
+}
+
+/* The changes that only update and are still undecided: their users must
+ * exist in legacy, or the update did nothing. Marks those missing as
+ * retries. Returns 0, or -1 with err when the find failed. */
+static int check_present(struct syncback *s, mongoc_collection_t *coll, struct batch *b, char *err, size_t errlen)
+{
+	bson_t filter = BSON_INITIALIZER, id, in, opts = BSON_INITIALIZER, proj;
+	char index[16];
+	const char *key;
+	uint32_t n = 0;
+	BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &id);
+	BSON_APPEND_ARRAY_BEGIN(&id, "$in", &in);
+	for (size_t i = 0; i < b->nchanges; i++) {
+		const struct change *c = b->changes[i];
+		if (c->outcome != OUTCOME_NONE || c->created || c->deleted)
+			continue;
+		bson_uint32_to_string(n++, &key, index, sizeof(index));
+		legacy_append_id(&in, key, c->user, strlen(c->user), s->cfg->id_type);
+	}
+	bson_append_array_end(&id, &in);
+	bson_append_document_end(&filter, &id);
+	BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
+	BSON_APPEND_INT32(&proj, "_id", 1);
+	bson_append_document_end(&opts, &proj);
+	int rc = 0;
+	if (n > 0) {
+		char present[USER_ID_MAX + 1];
+		const bson_t *doc;
+		bson_error_t error;
+		const char *why;
+		mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, &filter, &opts, NULL);
+		bool *found = xcalloc(b->nchanges + 1, sizeof(*found));
+		while (mongoc_cursor_next(cur, &doc)) {
+			if (legacy_user_id(doc, present, &why) < 0)
+				continue;
+			for (size_t i = 0; i < b->nchanges; i++)
+				found[i] = found[i] || strcasecmp(b->changes[i]->user, present) == 0;
+		}
+		if (mongoc_cursor_error(cur, &error)) {
+			snprintf(err, errlen, "%s", error.message);
+			rc = -1;
+		}
+		for (size_t i = 0; i < b->nchanges && rc == 0; i++) {
+			struct change *c = b->changes[i];
+			if (c->outcome == OUTCOME_NONE && !c->created && !c->deleted && !found[i]) {
+				change_set(c, OUTCOME_RETRY, "not-in-legacy",
+					   "no user %s in legacy: its USER_CREATED not applied yet, or deleted there",
+					   c->user);
+				metrics_count(COUNT_SB_NOT_IN_LEGACY, 1);
+			}
+		}
+		free(found);
+		mongoc_cursor_destroy(cur);
+	}
+	bson_destroy(&filter);
+	bson_destroy(&opts);
+	return rc;
+}
+
+/* Step 3 once: the bulk, the second bulk for duplicate keys, the check.
+ * Returns -1 with err on an outage. */
+static int write_legacy_once(struct syncback *s, struct batch *b, char *err, size_t errlen)
+{
+	mongoc_client_t *client = mongoc_client_pool_pop(s->pool);
+	mongoc_collection_t *coll =
+		mongoc_client_get_collection(client, s->cfg->legacy.database, s->cfg->legacy.collection);
+	struct bulk ops = { 0 }, again = { 0 }, unused = { 0 };
+	plan(s, b, &ops);
+	int rc = run_bulk(s, coll, &ops, &again, err, errlen);
+	if (rc == 0 && again.nops > 0)
+		rc = run_bulk(s, coll, &again, &unused, err, errlen);
+	if (rc == 0)
+		rc = check_present(s, coll, b, err, errlen);
+	free(ops.ops);
+	free(again.ops);
+	free(unused.ops);
+	mongoc_collection_destroy(coll);
+	mongoc_client_pool_push(s->pool, client);
+	return rc;
+}
+
+/* Step 3, waiting out outages: each undecided change ends delivered
+ * (written, or already there), retry or dead. Returns -1 if stopped. */
+static int write_legacy(struct syncback *s, struct batch *b)
+{
+	char err[MIGRATE_ERR_MAX];
+	int outages = 0;
+	while (write_legacy_once(s, b, err, sizeof(err)) < 0) {
+		log_warn("legacy: %s; %zu users wait, no attempt counted", err, b->nchanges);
+		metrics_count(COUNT_LEGACY_ERRORS, 1);
+		metrics_error("legacy: %s", err);
+		for (size_t i = 0; i < b->nchanges; i++)
+			if (b->changes[i]->outcome == OUTCOME_RETRY)
+				b->changes[i]->outcome = OUTCOME_NONE;
+		if (consumer_wait_outage(s->q, &outages) < 0)
+			return -1;
+	}
+	for (size_t i = 0; i < b->nchanges; i++)
+		if (b->changes[i]->outcome == OUTCOME_NONE)
+			change_set(b->changes[i], OUTCOME_DELIVERED, NULL, "applied");
+	return 0;
+}
+
+/* ---- Redis ---------------------------------------------------------------- */
+
+/*
+ * deletes = delete, before legacy: HMGET the deleted versions of the
+ * batch's users (a change no newer than a recorded delete is stale: the
+ * user is gone and must not come back), then HSET those deleted now,
+ * so that the record exists before the document goes. Returns -1 when
+ * the connection failed.
+ */
+static int check_deleted(struct syncback *s, struct batch *b)
+{
+	struct command c = { 0 };
+	size_t ndeleted = 0;
+	if (s->sb->deletes != SYNCBACK_DELETE || b->nchanges == 0)
+		return 0;
+	const char **argv = xcalloc(b->nchanges + 2, sizeof(*argv));
+	argv[0] = "HMGET";
+	argv[1] = s->deleted_key;
+	for (size_t i = 0; i < b->nchanges; i++)
+		argv[i + 2] = b->changes[i]->user;
+	redisAppendCommandArgv(consumer_redis(s->q), (int)b->nchanges + 2, argv, NULL);
+	free(argv);
+	for (size_t i = 0; i < b->nchanges; i++) {
+		char v[24];
+		if (!b->changes[i]->deleted)
+			continue;
+		snprintf(v, sizeof(v), "%" PRId64, b->changes[i]->version);
+		cmd_str(&c, "HSET");
+		cmd_str(&c, s->deleted_key);
+		cmd_str(&c, b->changes[i]->user);
+		cmd_str(&c, v);
+		cmd_send(s->q, &c);
+		ndeleted++;
+	}
+	redisReply *r;
+	if (consumer_next_reply(s->q, "HMGET", &r) < 0)
+		return -1;
+	for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements && i < b->nchanges; i++) {
+		const redisReply *v = r->element[i];
+		if (v->type == REDIS_REPLY_STRING && strtoll(v->str, NULL, 10) >= b->changes[i]->version)
+			change_set(b->changes[i], OUTCOME_DELIVERED, NULL, "deleted at version %s already", v->str);
+	}
+	if (r->type == REDIS_REPLY_ERROR)
+		consumer_refused(s->q, "HMGET", r);
+	bool refused = r->type != REDIS_REPLY_ARRAY;
+	freeReplyObject(r);
+	while (ndeleted-- > 0) {
+		if (consumer_next_reply(s->q, "HSET", &r) < 0)
+			return -1;
+		refused = refused || r->type == REDIS_REPLY_ERROR;
+		freeReplyObject(r);
+	}
+	return refused ? -1 : 0;
+}
+
+/* HINCRBY attempts for each retry, HGET for each dead change; a retry
+ * that reached retry.attempts is dead. Returns -1 when the connection
+ * failed. */
+static int count_attempts(struct syncback *s, struct batch *b)
+{
+	struct command c = { 0 };
+	size_t sent = 0;
+	for (size_t i = 0; i < b->nchanges; i++) {
+		const struct change *ch = b->changes[i];
+		if (ch->outcome != OUTCOME_RETRY && ch->outcome != OUTCOME_DEAD)
+			continue;
+		cmd_str(&c, ch->outcome == OUTCOME_RETRY ? "HINCRBY" : "HGET");
+		cmd_str(&c, s->attempts_key);
+		cmd_str(&c, ch->user);
+		if (ch->outcome == OUTCOME_RETRY)
+			cmd_str(&c, "1");
+		cmd_send(s->q, &c);
+		sent++;
+	}
+	for (size_t i = 0; i < b->nchanges && sent > 0; i++) {
+		struct change *ch = b->changes[i];
+		redisReply *r;
+		if (ch->outcome != OUTCOME_RETRY && ch->outcome != OUTCOME_DEAD)
+			continue;
+		if (consumer_next_reply(s->q, "counting attempts", &r) < 0)
+			return -1;
+		sent--;
+		ch->attempts = r->type == REDIS_REPLY_INTEGER  ? r->integer
+			       : r->type == REDIS_REPLY_STRING ? strtoll(r->str, NULL, 10)
+							       : 0;
+		if (ch->outcome == OUTCOME_RETRY && ch->attempts >= s->cfg->attempts)
+			ch->outcome = OUTCOME_DEAD;
+		freeReplyObject(r);
+	}
+	return 0;
+}
+
+/* XADD of one event's dead-letter entry. */
+static void send_dead_letter(struct syncback *s, const struct event *e, const char *reason, const char *error,
+			     long long attempts, const char *at)
+{
+	struct command c = { 0 };
+	char version[24], count[24];
+	snprintf(version, sizeof(version), "%" PRId64, e->version);
+	snprintf(count, sizeof(count), "%lld", attempts);
+	cmd_str(&c, "XADD");
+	cmd_str(&c, s->dead_key);
+	cmd_str(&c, "*");
+	cmd_str(&c, "entry");
+	cmd_str(&c, e->id);
+	cmd_str(&c, "user");
+	cmd_arg(&c, e->user ? e->user : "", e->user ? e->user_len : 0);
+	cmd_str(&c, "type");
+	cmd_str(&c, e->malformed[0] && e->version == 0 ? "" : event_type_names[e->type]);
+	cmd_str(&c, "version");
+	cmd_str(&c, version);
+	cmd_str(&c, "reason");
+	cmd_str(&c, reason);
+	cmd_str(&c, "error");
+	cmd_str(&c, error);
+	cmd_str(&c, "attempts");
+	cmd_str(&c, count);
+	cmd_str(&c, "at");
+	cmd_str(&c, at);
+	cmd_send(s->q, &c);
+}
+
+/* Sends the record of a decided change: HSET migrated, SADD seen and
+ * PUBLISH for a created user; a dead-letter per event of a dead one;
+ * HDEL attempts last. Returns how many commands it sent. */
+static int send_change_record(struct syncback *s, const struct batch *b, const struct change *ch, const char *at)
+{
+	struct command c = { 0 };
+	int n = 0;
+	if (ch->outcome == OUTCOME_DELIVERED && ch->created && !ch->deleted) {
+		const char *cmds[][4] = { { "HSET", s->migrated_key, ch->user, at },
+					  { "SADD", s->seen_key, ch->user, NULL },
+					  { "PUBLISH", s->changed_channel, ch->user, NULL } };
+		for (int k = 0; k < 3; k++, n++) {
+			for (int a = 0; a < 4 && cmds[k][a]; a++)
+				cmd_str(&c, cmds[k][a]);
+			cmd_send(s->q, &c);
+		}
+	}
+	for (size_t i = 0; ch->outcome == OUTCOME_DEAD && i < b->nevents; i++, n += b->events[i - 1].change == ch)
+		if (b->events[i].change == ch)
+			send_dead_letter(s, &b->events[i], ch->reason ? ch->reason : "attempts", ch->error, ch->attempts,
+					 at);
+	cmd_str(&c, "HDEL");
+	cmd_str(&c, s->attempts_key);
+	cmd_str(&c, ch->user);
+	cmd_send(s->q, &c);
+	return n + 1;
+}
+
+/* Reads n replies; *ok is whether all were accepted. Returns -1 when the
+ * connection failed. */
+static int read_replies(struct syncback *s, int n, bool *ok)
+{
+	*ok = true;
+	while (n-- > 0) {
+		redisReply *r;
+		if (consumer_next_reply(s->q, "recording outcomes", &r) < 0)
+			return -1;
+		if (r->type == REDIS_REPLY_ERROR) {
+			consumer_refused(s->q, "a record", r);
+			*ok = false;
+		}
+		freeReplyObject(r);
+	}
+	return 0;
+}
+
+/* The records of decided changes and malformed events, in one round
+ * trip. Returns -1 when the connection failed. */
+static int write_records(struct syncback *s, struct batch *b)
+{
+	char at[24];
+	int *counts = xcalloc(b->nchanges + 1, sizeof(*counts));
+	snprintf(at, sizeof(at), "%lld", (long long)(clock_realtime_us() / 1000));
+	for (size_t i = 0; i < b->nchanges; i++) {
+		const struct change *ch = b->changes[i];
+		if (!ch->recorded && (ch->outcome == OUTCOME_DELIVERED || ch->outcome == OUTCOME_DEAD))
+			counts[i] = send_change_record(s, b, ch, at);
+	}
+	for (size_t i = 0; i < b->nevents; i++)
+		if (b->events[i].malformed[0] && !b->events[i].recorded)
+			send_dead_letter(s, &b->events[i], b->events[i].reason, b->events[i].malformed, 0, at);
+	int rc = 0;
+	for (size_t i = 0; i < b->nchanges && rc == 0; i++)
+		if (counts[i] > 0)
+			rc = read_replies(s, counts[i], &b->changes[i]->recorded);
+	for (size_t i = 0; i < b->nevents && rc == 0; i++)
+		if (b->events[i].malformed[0] && !b->events[i].recorded)
+			rc = read_replies(s, 1, &b->events[i].recorded);
+	free(counts);
+	return rc;
+}
+
+static bool ackable(const struct event *e)
+{
+	return !e->acked && (e->change ? e->change->recorded : e->recorded);
+}
+
+/* XACK of the entries whose outcome is durable. */
+static int ack_events(struct syncback *s, struct batch *b)
+{
+	const char **ids = xcalloc(b->nevents + 1, sizeof(*ids));
+	int *streams = xcalloc(b->nevents + 1, sizeof(*streams));
+	size_t n = 0;
+	for (size_t i = 0; i < b->nevents; i++)
+		if (ackable(&b->events[i]))
+			ids[n++] = b->events[i].id;
+	int rc = n > 0 ? consumer_ack(s->q, n, streams, ids) : 0;
+	for (size_t i = 0; i < b->nevents && rc == 0; i++)
+		if (ackable(&b->events[i]))
+			b->events[i].acked = true;
+	free(ids);
+	free(streams);
+	return rc;
+}
+
+/* ---- the loop --------------------------------------------------------------- */
+
+/* A log line and counters for what Redis now holds. */
+static void report(const struct syncback *s, const struct batch *b)
+{
+	char text[LOG_EXCERPT + 4];
+	for (size_t i = 0; i < b->nevents; i++) {
+		const struct event *e = &b->events[i];
+		if (e->malformed[0] == '\0' || !e->recorded)
+			continue;
+		user_excerpt(e->user ? e->user : "", e->user_len, text);
+		log_warn("event %s of %s (user '%s'): %s: dead-lettered (%s)", e->id, s->sb->stream, text, e->malformed,
+			 e->reason);
+		metrics_error("event %s: %s", e->id, e->malformed);
+		metrics_count(COUNT_DEAD, 1);
+		metrics_count(strcmp(e->reason, "mapping") == 0 ? COUNT_MAPPING : COUNT_MALFORMED, 1);
+	}
+	for (size_t i = 0; i < b->nchanges; i++) {
+		const struct change *c = b->changes[i];
+		if (c->outcome == OUTCOME_DELIVERED && c->recorded) {
+			log_debug("user %s: version %" PRId64 " in legacy (%s)", c->user, c->version, c->error);
+			metrics_count(COUNT_SB_APPLIED, 1);
+			metrics_count(COUNT_SB_CREATED, c->created && !c->deleted);
+			metrics_count(COUNT_SB_DELETED, c->deleted);
+		} else if (c->outcome == OUTCOME_DEAD && c->recorded) {
+			log_error("user %s: events up to version %" PRId64 " dead-lettered after %lld attempts: %s",
+				  c->user, c->version, c->attempts, c->error);
+			metrics_error("user %s: %s", c->user, c->error);
+			metrics_count(COUNT_DEAD, 1);
+			metrics_count(COUNT_ATTEMPTS, 1);
+		} else if (c->outcome == OUTCOME_RETRY) {
+			log_warn("user %s: attempt %lld of %d failed, left pending: %s", c->user, c->attempts,
+				 s->cfg->attempts, c->error);
+			metrics_error("user %s: %s", c->user, c->error);
+			metrics_count(COUNT_FAILED, 1);
+			metrics_count(COUNT_SB_WRITE_ERRORS, strcmp(c->reason, "attempts") == 0);
+		}
+	}
+}
+
+/* Attempts, records and acks, reconnecting as needed. Returns -1 if
+ * stopped before Redis had it all. */
+static int record(struct syncback *s, struct batch *b)
+{
+	int outages = 0;
+	while (consumer_ready(s->q) < 0 || count_attempts(s, b) < 0 || write_records(s, b) < 0 || ack_events(s, b) < 0)
+		if (consumer_wait_outage(s->q, &outages) < 0)
+			return -1;
+	return 0;
+}
+
+/* Steps 2 to 4 (see the top of this file). */
+static void process(struct syncback *s, struct batch *b)
+{
+	int outages = 0;
+	size_t claimed = 0;
+	for (size_t i = 0; i < b->nevents; i++)
+		claimed += b->events[i].claimed;
+	metrics_count(COUNT_PROCESSED, b->nevents);
+	metrics_count(COUNT_RETRIED, claimed);
+	int64_t started = clock_monotonic_us();
+	collect_changes(b);
+	while (consumer_ready(s->q) < 0 || check_deleted(s, b) < 0)
+		if (consumer_wait_outage(s->q, &outages) < 0)
+			return;
+	if (write_legacy(s, b) < 0 || record(s, b) < 0) {
+		log_info("stopping during an outage: the events not acked stay pending");
+		return;
+	}
+	report(s, b);
+	metrics_batch_latency(clock_monotonic_us() - started);
+	bool retry = false;
+	for (size_t i = 0; i < b->nchanges; i++)
+		retry = retry || b->changes[i]->outcome == OUTCOME_RETRY;
+	if (retry)
+		consumer_sleep(s->q, consumer_backoff_ms(s->q, ++s->failing_batches));
+	else
+		s->failing_batches = 0;
+}
+
+/* The age in ms of the entry id, against Redis's clock now_ms (which
+ * stamped it). */
+static unsigned long long id_age_ms(const char *id, long long now_ms)
+{
+	long long ms = strtoll(id, NULL, 10);
+	return now_ms > ms ? (unsigned long long)(now_ms - ms) : 0;
+}
+
+/* The value of name in an XINFO map reply, or NULL. */
+static const redisReply *info_get(const redisReply *map, const char *name)
+{
+	for (size_t k = 0; map->type == REDIS_REPLY_ARRAY && k + 1 < map->elements; k += 2)
+		if (map->element[k]->type == REDIS_REPLY_STRING && strcmp(map->element[k]->str, name) == 0)
+			return map->element[k + 1];
+	return NULL;
+}
+
+/*
+ * Once a second, into the gauges: events not yet read by the group (its
+ * lag, Redis 7), read and not acked (pending), and the age of the
+ * oldest of either: the smallest pending id, else the first entry after
+ * the group's last-delivered-id. Errors only skip a measurement.
+ */
+static void measure_lag(struct syncback *s)
+{
+	if (clock_monotonic_us() < s->next_lag_us || consumer_ready(s->q) < 0)
+		return;
+	s->next_lag_us = clock_monotonic_us() + LAG_EVERY_US;
+	redisContext *redis = consumer_redis(s->q);
+	redisReply *time = redisCommand(redis, "TIME");
+	redisReply *groups = redisCommand(redis, "XINFO GROUPS %s", s->sb->stream);
+	redisReply *pending = redisCommand(redis, "XPENDING %s %s", s->sb->stream, GROUP);
+	long long now = time && time->type == REDIS_REPLY_ARRAY && time->elements == 2
+				? strtoll(time->element[0]->str, NULL, 10) * 1000 + strtoll(time->element[1]->str, NULL, 10) / 1000
+				: clock_realtime_us() / 1000;
+	unsigned long long oldest = 0;
+	for (size_t g = 0; groups && groups->type == REDIS_REPLY_ARRAY && g < groups->elements; g++) {
+		const redisReply *name = info_get(groups->element[g], "name");
+		const redisReply *lag = info_get(groups->element[g], "lag");
+		const redisReply *last = info_get(groups->element[g], "last-delivered-id");
+		if (name == NULL || name->type != REDIS_REPLY_STRING || strcmp(name->str, GROUP) != 0)
+			continue;
+		metrics_set(COUNT_SB_LAG, lag && lag->type == REDIS_REPLY_INTEGER ? (unsigned long long)lag->integer : 0);
+		redisReply *next = lag && lag->type == REDIS_REPLY_INTEGER && lag->integer > 0 && last
+					   ? redisCommand(redis, "XRANGE %s (%s + COUNT 1", s->sb->stream, last->str)
+					   : NULL;
+		if (next && next->type == REDIS_REPLY_ARRAY && next->elements == 1)
+			oldest = id_age_ms(next->element[0]->element[0]->str, now);
+		if (next)
+			freeReplyObject(next);
+	}
+	if (pending && pending->type == REDIS_REPLY_ARRAY && pending->elements >= 2 &&
+	    pending->element[0]->type == REDIS_REPLY_INTEGER) {
+		metrics_set(COUNT_SB_PENDING, (unsigned long long)pending->element[0]->integer);
+		if (pending->element[1]->type == REDIS_REPLY_STRING)
+			oldest = id_age_ms(pending->element[1]->str, now);
+	}
+	metrics_set(COUNT_SB_OLDEST_MS, oldest);
+	if (time)
+		freeReplyObject(time);
+	if (groups)
+		freeReplyObject(groups);
+	if (pending)
+		freeReplyObject(pending);
+}
+
+static void turn(struct syncback *s)
+{
+	struct batch b = { 0 };
+	void *ctx[2] = { s, &b };
+	measure_lag(s);
+	int rc = consumer_read(s->q, take_event, ctx);
+	if (b.nevents > 0)
+		process(s, &b);
+	if (rc < 0 && b.nevents == 0)
+		consumer_wait_outage(s->q, &s->failing_reads);
+	else if (rc == 0)
+		s->failing_reads = 0;
+	batch_free(&b);
+}
+
+static char *key_of(const struct migrate_config *cfg, const char *suffix)
+{
+	struct buf k;
+	buf_init(&k);
+	buf_printf(&k, "%s:%s", cfg->redis_prefix, suffix);
+	return buf_detach(&k);
+}
+
+static void syncback_free(struct syncback *s)
+{
+	if (s == NULL)
+		return;
+	consumer_free(s->q);
+	if (s->pool)
+		mongoc_client_pool_destroy(s->pool);
+	if (s->wc)
+		mongoc_write_concern_destroy(s->wc);
+	free(s->dead_key);
+	free(s->attempts_key);
+	free(s->deleted_key);
+	free(s->migrated_key);
+	free(s->seen_key);
+	free(s->changed_channel);
+	free(s);
+}
+
+static struct syncback *syncback_new(const struct migrate_config *cfg, const volatile sig_atomic_t *stop, char *err,
+				     size_t errlen)
+{
+	struct syncback *s = xcalloc(1, sizeof(*s));
+	struct consumer_options o;
+	s->cfg = cfg;
+	s->sb = &cfg->syncback;
+	s->dead_key = key_of(cfg, "syncback:dead");
+	s->attempts_key = key_of(cfg, "syncback:attempts");
+	s->deleted_key = key_of(cfg, "syncback:deleted");
+	s->migrated_key = key_of(cfg, "migrated");
+	s->seen_key = key_of(cfg, "seen");
+	s->changed_channel = key_of(cfg, "migrated:changed");
+	consumer_options_init(&o, cfg, GROUP);
+	o.streams[o.nstreams++] = s->sb->stream;
+	s->q = consumer_new(cfg->redis_url, &o, stop, err, errlen);
+	s->pool = s->q ? mongo_pool_new(cfg->legacy.uri, s->sb->wtimeout_ms + 5000, err, errlen) : NULL;
+	if (s->pool == NULL) {
+		syncback_free(s);
+		return NULL;
+	}
+	s->wc = mongoc_write_concern_new();
+	if (s->sb->w < 0)
+		mongoc_write_concern_set_w(s->wc, MONGOC_WRITE_CONCERN_W_MAJORITY);
+	else
+		mongoc_write_concern_set_w(s->wc, s->sb->w);
+	mongoc_write_concern_set_wtimeout_int64(s->wc, s->sb->wtimeout_ms);
+	return s;
+}
+
+/*
+ * Runs sync-back until *stop is set, then returns 0 with the batch in
+ * hand finished; returns 1 when it cannot start (logged).
+ */
+int syncback_run(const struct migrate_config *cfg, const volatile sig_atomic_t *stop)
+{
+	char err[MIGRATE_ERR_MAX];
+	const struct syncback_config *sb = &cfg->syncback;
+	struct syncback *s = syncback_new(cfg, stop, err, sizeof(err));
+	if (s == NULL || (sb->metrics_file && metrics_start(sb->metrics_file, syncback_counters, err, sizeof(err)) < 0)) {
+		log_error("%s", err);
+		syncback_free(s);
+		return 1;
+	}
+	char w[16];
+	snprintf(w, sizeof(w), "%d", sb->w);
+	log_info("sync-back from %s into %s.%s: deletes %s, write concern %s, batch %d%s%s", sb->stream,
+		 cfg->legacy.database, cfg->legacy.collection, sb->deletes == SYNCBACK_DELETE ? "delete" : "tombstone",
+		 sb->w < 0 ? "majority" : w, cfg->batch,
+		 sb->metrics_file ? ", metrics in " : "", sb->metrics_file ? sb->metrics_file : "");
+	while (!*stop)
+		turn(s);
+	log_info("stopped: %llu events processed, %llu users' changes applied, %llu dead-lettered",
+		 metrics_get(COUNT_PROCESSED), metrics_get(COUNT_SB_APPLIED), metrics_get(COUNT_DEAD));
+	metrics_stop();
+	syncback_free(s);
+	return 0;
+}
