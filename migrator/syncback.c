@@ -47,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <hiredis/hiredis.h>
 
@@ -523,6 +524,15 @@ static int run_bulk(struct syncback *s, mongoc_collection_t *coll, struct bulk *
 	return rc;
 }
 
+/* Whether user is the legacy id text present: the same string, or the
+ * same ObjectId (legacy_user_id writes its hex in lower case). */
+static bool same_user(const struct syncback *s, const char *user, const char *present)
+{
+	size_t len = strlen(user);
+	bool oid = s->cfg->id_type == LEGACY_ID_OBJECTID && len == 24 && bson_oid_is_valid(user, len);
+	return oid ? strcasecmp(user, present) == 0 : strcmp(user, present) == 0;
+}
+
 /* The changes that only update and are still undecided: their users must
  * exist in legacy, or the update did nothing. Marks those missing as
  * retries. Returns 0, or -1 with err when the find failed. */
@@ -558,7 +568,7 @@ static int check_present(struct syncback *s, mongoc_collection_t *coll, struct b
 			if (legacy_user_id(doc, present, &why) < 0)
 				continue;
 			for (size_t i = 0; i < b->nchanges; i++)
-				found[i] = found[i] || strcasecmp(b->changes[i]->user, present) == 0;
+				found[i] = found[i] || same_user(s, b->changes[i]->user, present);
 		}
 		if (mongoc_cursor_error(cur, &error)) {
 			snprintf(err, errlen, "%s", error.message);
@@ -664,8 +674,10 @@ static int check_deleted(struct syncback *s, struct batch *b)
 		return -1;
 	for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements && i < b->nchanges; i++) {
 		const redisReply *v = r->element[i];
-		if (v->type == REDIS_REPLY_STRING && strtoll(v->str, NULL, 10) >= b->changes[i]->version)
+		if (v->type == REDIS_REPLY_STRING && strtoll(v->str, NULL, 10) >= b->changes[i]->version) {
 			change_set(b->changes[i], OUTCOME_DELIVERED, NULL, "deleted at version %s already", v->str);
+			b->changes[i]->stale = true;
+		}
 	}
 	if (r->type == REDIS_REPLY_ERROR)
 		consumer_refused(s->q, "HMGET", r);
@@ -754,7 +766,7 @@ static int send_change_record(struct syncback *s, const struct batch *b, const s
 {
 	struct command c = { 0 };
 	int n = 0;
-	if (ch->outcome == OUTCOME_DELIVERED && ch->created && !ch->deleted) {
+	if (ch->outcome == OUTCOME_DELIVERED && ch->created && !ch->deleted && !ch->stale) {
 		const char *cmds[][4] = { { "HSET", s->migrated_key, ch->user, at },
 					  { "SADD", s->seen_key, ch->user, NULL },
 					  { "PUBLISH", s->changed_channel, ch->user, NULL } };
@@ -864,7 +876,7 @@ static void report(const struct syncback *s, const struct batch *b)
 		if (c->outcome == OUTCOME_DELIVERED && c->recorded) {
 			log_debug("user %s: version %" PRId64 " in legacy (%s)", c->user, c->version, c->error);
 			metrics_count(COUNT_SB_APPLIED, 1);
-			metrics_count(COUNT_SB_CREATED, c->created && !c->deleted);
+			metrics_count(COUNT_SB_CREATED, c->created && !c->deleted && !c->stale);
 			metrics_count(COUNT_SB_DELETED, c->deleted);
 		} else if (c->outcome == OUTCOME_DEAD && c->recorded) {
 			log_error("user %s: events up to version %" PRId64 " dead-lettered after %lld attempts: %s",
