@@ -124,7 +124,9 @@ static void test_shipped_config(void **state)
 	assert_int_equal(cfg->sink_timeout_ms, 5000);
 	assert_string_equal(cfg->version_field, "updatedAt");
 	assert_int_equal(cfg->mapping.nkeep, 0);
-	assert_int_equal(cfg->mapping.ndrop, 2);
+	/* passwordHash, legacyFlags, and sync-back's state field */
+	assert_int_equal(cfg->mapping.ndrop, 3);
+	assert_string_equal(cfg->mapping.drop[2], "_cutover");
 	assert_int_equal(cfg->mapping.nrenames, 1);
 	assert_string_equal(cfg->mapping.renames[0].to, "email");
 	assert_int_equal(bson_count_keys(cfg->mapping.defaults), 2);
@@ -136,6 +138,15 @@ static void test_shipped_config(void **state)
 	assert_int_equal(cfg->claim_idle_ms, 60000);
 	assert_string_equal(cfg->metrics_file, "/run/cutover/migrate-metrics.json");
 	assert_int_equal(cfg->log_level, LOG_LEVEL_INFO);
+	assert_string_equal(cfg->syncback.stream, "cutover:service:events");
+	assert_int_equal(cfg->syncback.deletes, SYNCBACK_TOMBSTONE);
+	assert_string_equal(cfg->syncback.tombstone_field, "deleted");
+	assert_string_equal(cfg->syncback.state_field, "_cutover");
+	assert_int_equal(cfg->syncback.w, -1);
+	assert_int_equal(cfg->syncback.wtimeout_ms, 5000);
+	assert_string_equal(cfg->syncback.metrics_file, "/run/cutover/syncback-metrics.json");
+	assert_int_equal(cfg->syncback.mapping.ndrop, 4);
+	assert_string_equal(cfg->syncback.mapping.renames[0].to, "emailAddress");
 	migrate_config_free(cfg);
 }
 
