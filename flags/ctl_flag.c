@@ -25,7 +25,12 @@ struct flag_edit {
 	char **ids;
 	size_t nids;
 	struct flag *before; /* the flag as read, for the printed diff */
+	bool syncback;       /* kill, rollback: then say how far legacy is behind */
+	bool wait_synced;    /* --wait-synced: and wait until it is not */
+	double timeout_s;    /* --timeout, 0 for SYNC_WAIT_DEFAULT_S */
 };
+
+#define SYNC_WAIT_DEFAULT_S 60
 
 static const struct flag_edit EDIT_NONE = { .enabled = -1, .kill = -1, .percent = -1 };
 
@@ -72,9 +77,11 @@ static int edit_apply(struct flag *f, void *arg, char *err, size_t errlen)
 /*
  * Prints one applied change: "NAME: percent 10% -> 20% (version 7)", or
  * a JSON object with the flag as it now is. version -1: nothing changed.
+ * With sb (kill, rollback), sync-back's state follows: a line of text
+ * (none when sync-back is not in use), or the object's "syncback".
  */
-int ctl_print_change(struct ctl *ctl, const char *subject, const struct flag *before, const struct flag *after,
-		     long long version)
+static void print_change(struct ctl *ctl, const char *subject, const struct flag *before, const struct flag *after,
+			 long long version, const struct ctl_syncback *sb)
 {
 	struct buf change, json;
 	buf_init(&change);
@@ -92,15 +99,30 @@ int ctl_print_change(struct ctl *ctl, const char *subject, const struct flag *be
 			buf_puts(&json, ",\"flag\":");
 			flag_encode(after, &json);
 		}
-		buf_putc(&json, '}');
-		printf("%s\n", json.data);
-	} else if (version < 0) {
-		printf("%s: no change\n", subject);
+		if (sb) {
+			buf_puts(&json, ",\"syncback\":");
+			ctl_syncback_json(sb, &json);
+		}
+		buf_puts(&json, "}\n");
 	} else {
-		printf("%s: %s (version %lld)\n", subject, change.data, version);
+		if (version < 0)
+			buf_printf(&json, "%s: no change\n", subject);
+		else
+			buf_printf(&json, "%s: %s (version %lld)\n", subject, change.data, version);
+		if (sb)
+			ctl_syncback_line(sb, &json);
+		if (sb && json.data[json.len - 1] != '\n')
+			buf_putc(&json, '\n');
 	}
+	fputs(json.data, stdout);
 	buf_free(&change);
 	buf_free(&json);
+}
+
+int ctl_print_change(struct ctl *ctl, const char *subject, const struct flag *before, const struct flag *after,
+		     long long version)
+{
+	print_change(ctl, subject, before, after, version, NULL);
 	return CTL_EXIT_OK;
 }
 
@@ -175,6 +197,25 @@ static void warn_risky_pair(struct flag_store *st, const struct flag *changed)
 	flag_free(other);
 }
 
+/*
+ * kill and rollback send users back to legacy, which knows of their
+ * writes to the service only through sync-back: after the change, says
+ * how far behind legacy may be and, with --wait-synced, waits until it
+ * has every event up to the change.
+ */
+static int report_syncback(struct ctl *ctl, struct flag_store *st, const char *name, const struct flag_edit *e,
+			   const struct flag *after, long long version)
+{
+	struct ctl_syncback sb;
+	int rc = ctl_syncback_read(ctl, st, e->wait_synced, &sb);
+	print_change(ctl, name, e->before, after, version, rc == CTL_EXIT_OK ? &sb : NULL);
+	warn_risky_pair(st, after);
+	if (rc == CTL_EXIT_OK && e->wait_synced)
+		rc = ctl_syncback_wait(ctl, st, &sb, e->timeout_s > 0 ? e->timeout_s : SYNC_WAIT_DEFAULT_S);
+	ctl_syncback_free(&sb);
+	return rc;
+}
+
 static int run_edit(struct ctl *ctl, const char *name, const char *action, struct flag_edit *e)
 {
 	int rc = ctl_check_name("flag", name);
@@ -187,7 +228,9 @@ static int run_edit(struct ctl *ctl, const char *name, const char *action, struc
 	struct flag *after = NULL;
 	long long version;
 	int status = flag_store_update(st, name, action, edit_apply, e, ctl->actor, &after, &version, err, sizeof(err));
-	if (status == STORE_OK) {
+	if (status == STORE_OK && e->syncback) {
+		rc = report_syncback(ctl, st, name, e, after, version);
+	} else if (status == STORE_OK) {
 		rc = ctl_print_change(ctl, name, e->before, after, version);
 		warn_risky_pair(st, after);
 	} else {
@@ -207,28 +250,62 @@ static int one_name(const struct ctl_verb *verb, int argc, char **argv, const ch
 	return ctl_check_name("flag", *name);
 }
 
-/* enable, disable, kill, unkill and rollback: fixed values, one change. */
+static int sync_option(int opt, const char *arg, void *state)
+{
+	struct flag_edit *e = state;
+	if (opt == 'w') {
+		e->wait_synced = true;
+		return 0;
+	}
+	char *end;
+	e->timeout_s = strtod(arg, &end);
+	/* Written so that NaN fails too. */
+	if (end == arg || *end != '\0' || !(e->timeout_s > 0 && e->timeout_s <= 86400)) {
+		fprintf(stderr, "cutoverctl: invalid --timeout '%s': give seconds, more than 0 and at most 86400\n", arg);
+		return CTL_EXIT_INVALID;
+	}
+	return 0;
+}
+
+static const struct option sync_options[] = {
+	{ "wait-synced", no_argument, NULL, 'w' },
+	{ "timeout", required_argument, NULL, 't' },
+	{ NULL, 0, NULL, 0 },
+};
+
+/* enable, disable, kill, unkill and rollback: fixed values, one change.
+ * kill and rollback also report on sync-back, and may wait for it. */
 static int flag_switch(struct ctl *ctl, int argc, char **argv)
 {
 	static const struct {
 		const char *verb;
 		int enabled, kill, percent;
+		bool syncback;
 	} switches[] = {
-		{ "enable", 1, -1, -1 }, { "disable", 0, -1, -1 }, { "kill", -1, 1, -1 },
-		{ "unkill", -1, 0, -1 }, { "rollback", 0, -1, 0 },
+		{ "enable", 1, -1, -1, false }, { "disable", 0, -1, -1, false }, { "kill", -1, 1, -1, true },
+		{ "unkill", -1, 0, -1, false }, { "rollback", 0, -1, 0, true },
 	};
 	size_t i = 0;
 	while (strcmp(switches[i].verb, argv[0]) != 0)
 		i++;
-	const char *name = NULL;
-	int rc = one_name(ctl_verb_named(ctl_flag_verbs, argv[0]), argc, argv, &name);
-	if (rc != CTL_EXIT_OK)
-		return rc;
+	const struct ctl_verb *verb = ctl_verb_named(ctl_flag_verbs, argv[0]);
 	struct flag_edit e = EDIT_NONE;
 	e.enabled = switches[i].enabled;
 	e.kill = switches[i].kill;
 	e.percent = switches[i].percent;
-	return run_edit(ctl, name, switches[i].verb, &e);
+	e.syncback = switches[i].syncback;
+	if (e.syncback) {
+		int first = ctl_parse_options("flag", verb, argc, argv, "", sync_options, sync_option, &e);
+		if (first < 0)
+			return -first;
+		if (e.timeout_s > 0 && !e.wait_synced)
+			return ctl_usage_error("flag", verb, "--timeout goes with --wait-synced");
+		argc -= first - 1;
+		argv += first - 1;
+	}
+	const char *name = NULL;
+	int rc = one_name(verb, argc, argv, &name);
+	return rc != CTL_EXIT_OK ? rc : run_edit(ctl, name, switches[i].verb, &e);
 }
 
 static int set_option(int opt, const char *arg, void *state)
@@ -673,6 +750,16 @@ static int flag_cohort(struct ctl *ctl, int argc, char **argv)
 	return rc;
 }
 
+/* kill and rollback: what they say about sync-back. */
+#define SYNC_HELP \
+	"Then says how far legacy may be behind the users service: the events of its\n" \
+	"stream (--events) that the \"syncback\" group has pending or not yet read, the\n" \
+	"age of the oldest, and how many sync-back dead-lettered (never in legacy).\n" \
+	"  --wait-synced   then wait until sync-back has applied every event up to the\n" \
+	"                  change; exit 5 on a timeout or when there is no sync-back,\n" \
+	"                  6 when events were dead-lettered meanwhile\n" \
+	"  --timeout S     stop waiting after S seconds (default 60)\n"
+
 const struct ctl_verb ctl_flag_verbs[] = {
 	{ "list", "", "list all flags", NULL, flag_list },
 	{ "get", "NAME", "show one flag", NULL, flag_get },
@@ -693,9 +780,11 @@ const struct ctl_verb ctl_flag_verbs[] = {
 	{ "enable", "NAME", "turn the flag's rollout on", NULL, flag_switch },
 	{ "disable", "NAME", "turn the flag off for everyone (keeps its settings)", NULL,
 			   flag_switch },
-	{ "kill", "NAME", "emergency off: overrides everything until unkill", NULL, flag_switch },
+	{ "kill", "NAME [--wait-synced [--timeout S]]", "emergency off: overrides everything until unkill", SYNC_HELP,
+	  flag_switch },
 	{ "unkill", "NAME", "lift the kill switch; the rollout resumes as it was", NULL, flag_switch },
-	{ "rollback", "NAME", "percent 0 and disabled, in one change", NULL, flag_switch },
+	{ "rollback", "NAME [--wait-synced [--timeout S]]", "percent 0 and disabled, in one change", SYNC_HELP,
+	  flag_switch },
 	{ "allow", "NAME [--remove] ID...", "always on for these users (unless denied)",
 			 "  --remove   take the ids off the allow list instead\n", flag_allow },
 	{ "deny", "NAME [--remove] ID...", "always off for these users",

@@ -17,7 +17,7 @@
 static void ctl_usage(FILE *out)
 {
 	fprintf(out,
-		"usage: cutoverctl [--redis URL] [--prefix P] [--json] [--actor NAME] GROUP VERB [ARGS]\n"
+		"usage: cutoverctl [--redis URL] [--prefix P] [--events KEY] [--json] [--actor NAME] GROUP VERB [ARGS]\n"
 		"\n"
 		"Groups:\n"
 		"  flag     create, roll out, kill and inspect feature flags\n"
@@ -28,13 +28,17 @@ static void ctl_usage(FILE *out)
 		"  --redis URL    redis://[[user]:password@]host[:port][/db] or unix:///path?db=N\n"
 		"                 (default $CUTOVER_REDIS_URL, else %s)\n"
 		"  --prefix P     key prefix (default $CUTOVER_PREFIX, else %s)\n"
+		"  --events KEY   the users service's events stream, read by sync-back\n"
+		"                 (default P:service:events)\n"
 		"  --json         machine-readable output\n"
 		"  --actor NAME   who to record in the audit stream (default: login name)\n"
 		"  --version      print the version\n"
 		"  -h, --help     print this help\n"
 		"\n"
 		"'cutoverctl GROUP' lists the verbs; 'cutoverctl GROUP VERB --help' explains one.\n"
-		"Exit codes: 0 ok, 1 usage, 2 no such flag, 3 Redis unreachable, 4 invalid value.\n",
+		"Exit codes: 0 ok, 1 usage, 2 no such flag, 3 Redis unreachable, 4 invalid value,\n"
+		"5 sync-back not confirmed (--wait-synced), 6 changes dead-lettered by sync-back,\n"
+		"7 drift found (migration verify).\n",
 		CTL_DEFAULT_REDIS, CTL_DEFAULT_PREFIX);
 }
 
@@ -194,22 +198,23 @@ int main(int argc, char **argv)
 		.redis_url = env_or("CUTOVER_REDIS_URL", CTL_DEFAULT_REDIS),
 		.prefix = env_or("CUTOVER_PREFIX", CTL_DEFAULT_PREFIX),
 	};
-	enum { OPT_REDIS = 256, OPT_PREFIX, OPT_JSON, OPT_ACTOR, OPT_VERSION };
+	enum { OPT_REDIS = 256, OPT_PREFIX, OPT_JSON, OPT_ACTOR, OPT_VERSION, OPT_EVENTS };
 	static const struct option options[] = {
 		{ "redis", required_argument, NULL, OPT_REDIS },  { "prefix", required_argument, NULL, OPT_PREFIX },
 		{ "json", no_argument, NULL, OPT_JSON },          { "actor", required_argument, NULL, OPT_ACTOR },
 		{ "version", no_argument, NULL, OPT_VERSION },    { "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+		{ "events", required_argument, NULL, OPT_EVENTS }, { NULL, 0, NULL, 0 },
 	};
 	log_init("cutoverctl", LOG_LEVEL_WARN);
 	opterr = 0;
 	int opt;
 	while ((opt = getopt_long(argc, argv, "+:h", options, NULL)) != -1) {
 		switch (opt) {
-		case OPT_REDIS: ctl.redis_url = optarg; break;
-		case OPT_PREFIX: ctl.prefix = optarg; break;
+		case OPT_REDIS: ctl.redis_url = optarg; ctl.redis_given = true; break;
+		case OPT_PREFIX: ctl.prefix = optarg; ctl.prefix_given = true; break;
 		case OPT_JSON: ctl.json = true; break;
 		case OPT_ACTOR: ctl.actor = optarg; break;
+		case OPT_EVENTS: ctl.events = optarg; break;
 		case OPT_VERSION: printf("cutoverctl %s\n", PACKAGE_VERSION); return CTL_EXIT_OK;
 		case 'h': ctl_usage(stdout); return CTL_EXIT_OK;
 		default:
@@ -223,6 +228,10 @@ int main(int argc, char **argv)
 		ctl.actor = ctl_default_actor();
 	if (*ctl.actor == '\0' || strlen(ctl.actor) > FLAG_OWNER_MAX || !utf8_valid(ctl.actor, strlen(ctl.actor))) {
 		fprintf(stderr, "cutoverctl: --actor must be 1 to %d bytes of UTF-8\n", FLAG_OWNER_MAX);
+		return CTL_EXIT_INVALID;
+	}
+	if (ctl.events && *ctl.events == '\0') {
+		fprintf(stderr, "cutoverctl: --events must name a stream\n");
 		return CTL_EXIT_INVALID;
 	}
 	struct redis_url url;

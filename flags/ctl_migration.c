@@ -11,114 +11,37 @@
 
 #include "flags/ctl.h"
 
-/* Runs one command (printf-style) and checks the reply; on failure prints
- * the reason and sets *rc. The caller frees a non-NULL reply. */
-static redisReply *migration_command(struct flag_store *st, int *rc, const char *fmt, ...)
+/* Appends the consumers of a migrate stream that hold pending entries,
+ * as "name=N" (text) or "name":N (JSON); *shown counts them across
+ * both streams. */
+static void put_pending(const struct ctl *ctl, const struct ctl_stream_lag *q, const char *suffix, int *shown,
+			struct buf *out)
 {
-	va_list ap;
-	va_start(ap, fmt);
-	redisReply *r = redisvCommand(flag_store_redis(st), fmt, ap);
-	va_end(ap);
-	char err[512];
-	int status = flag_store_reply_status(st, r, err, sizeof(err));
-	if (status != STORE_OK) {
-		*rc = ctl_fail(status, err);
-		if (r)
-			freeReplyObject(r);
-		return NULL;
-	}
-	return r;
-}
-
-static long long reply_int(const redisReply *r)
-{
-	return r->type == REDIS_REPLY_INTEGER ? r->integer : r->type == REDIS_REPLY_STRING ? atoll(r->str) : 0;
-}
-
-/* Milliseconds since the stream entry id (ms-seq) was written. */
-static double entry_age_s(const char *id)
-{
-	return (clock_realtime_us() / 1000 - atoll(id)) / 1000.0;
-}
-
-/* The age of the oldest entry of stream not yet acknowledged: the oldest
- * pending one, or the oldest not yet delivered to the group. A stream or
- * group that does not exist yet has no lag. */
-static double stream_lag_s(struct flag_store *st, const char *stream)
-{
-	redisContext *c = flag_store_redis(st);
-	const char *p = flag_store_prefix(st);
-	double lag = 0;
-	redisReply *r = redisCommand(c, "XPENDING %s:%s migrators", p, stream);
-	if (r && r->type == REDIS_REPLY_ARRAY && r->elements >= 2 && r->element[1]->type == REDIS_REPLY_STRING)
-		lag = entry_age_s(r->element[1]->str);
-	if (r)
-		freeReplyObject(r);
-	r = redisCommand(c, "XINFO GROUPS %s:%s", p, stream);
-	bool grouped = false;
-	for (size_t g = 0; r && r->type == REDIS_REPLY_ARRAY && g < r->elements; g++) {
-		const redisReply *info = r->element[g];
-		for (size_t k = 0; k + 1 < info->elements; k += 2) {
-			if (strcmp(info->element[k]->str, "last-delivered-id") != 0)
-				continue;
-			grouped = true;
-			redisReply *next = redisCommand(c, "XRANGE %s:%s (%s + COUNT 1", p, stream, info->element[k + 1]->str);
-			if (next && next->type == REDIS_REPLY_ARRAY && next->elements == 1) {
-				double age = entry_age_s(next->element[0]->element[0]->str);
-				lag = age > lag ? age : lag;
-			}
-			if (next)
-				freeReplyObject(next);
+	struct buf name;
+	buf_init(&name);
+	for (size_t i = 0; i < q->nconsumers; i++) {
+		const struct ctl_stream_consumer *c = &q->consumers[i];
+		if (c->pending == 0)
+			continue;
+		buf_reset(&name);
+		buf_printf(&name, "%s%s", c->name, suffix);
+		if (ctl->json) {
+			buf_puts(out, (*shown)++ ? "," : "");
+			json_put_string(out, name.data, name.len);
+			buf_printf(out, ":%lld", c->pending);
+		} else {
+			buf_printf(out, "%s%s=%lld", (*shown)++ ? ", " : " ", name.data, c->pending);
 		}
 	}
-	if (r)
-		freeReplyObject(r);
-	if (!grouped) {
-		/* No worker has ever read it: its first entry waits longest. */
-		r = redisCommand(c, "XRANGE %s:%s - + COUNT 1", p, stream);
-		if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 1)
-			lag = entry_age_s(r->element[0]->element[0]->str);
-		if (r)
-			freeReplyObject(r);
-	}
-	return lag;
+	buf_free(&name);
 }
 
-/* Entries of stream not yet handed to any worker: the group's lag, or
- * every entry while no worker has created the group. Acknowledged
- * entries stay in a stream, so its length says nothing about the work
- * left. */
-static long long stream_undelivered(struct flag_store *st, const char *stream)
-{
-	redisContext *c = flag_store_redis(st);
-	const char *p = flag_store_prefix(st);
-	long long n = -1;
-	redisReply *r = redisCommand(c, "XINFO GROUPS %s:%s", p, stream);
-	for (size_t g = 0; r && r->type == REDIS_REPLY_ARRAY && g < r->elements; g++) {
-		const redisReply *info = r->element[g];
-		bool ours = false;
-		long long lag = -1;
-		for (size_t k = 0; k + 1 < info->elements; k += 2) {
-			if (strcmp(info->element[k]->str, "name") == 0)
-				ours = strcmp(info->element[k + 1]->str, "migrators") == 0;
-			else if (strcmp(info->element[k]->str, "lag") == 0 && info->element[k + 1]->type == REDIS_REPLY_INTEGER)
-				lag = info->element[k + 1]->integer;
-		}
-		if (ours)
-			n = lag;
-	}
-	if (r)
-		freeReplyObject(r);
-	if (n < 0) {
-		/* No group yet, or a lag Redis cannot tell (after deletions). */
-		r = redisCommand(c, "XLEN %s:%s", p, stream);
-		n = r ? reply_int(r) : 0;
-		if (r)
-			freeReplyObject(r);
-	}
-	return n;
-}
-
+/*
+ * Counts of the migration keys, how far the workers are behind on both
+ * migrate streams (entries not yet handed to a worker, the age of the
+ * oldest one not acknowledged, pending entries per consumer), then the
+ * same for sync-back.
+ */
 static int migration_status(struct ctl *ctl, int argc, char **argv)
 {
 	(void)argv;
@@ -133,21 +56,32 @@ static int migration_status(struct ctl *ctl, int argc, char **argv)
 	static const char *const labels[5] = { "seen", "queued", "priority", "migrated", "dead" };
 	const char *commands[5] = { "SCARD %s:seen", NULL, NULL, "HLEN %s:migrated", "XLEN %s:migrate:dead" };
 	for (int i = 0; i < 5; i++) {
-		if (commands[i] == NULL) {
-			counts[i] = stream_undelivered(st, i == 1 ? "migrate" : "migrate:priority");
-			continue;
-		}
-		redisReply *r = migration_command(st, &rc, commands[i], p);
-		if (r == NULL)
+		redisReply *r = commands[i] ? ctl_command(st, &rc, commands[i], p) : NULL;
+		if (r == NULL && rc != CTL_EXIT_OK)
 			return rc;
-		counts[i] = reply_int(r);
-		freeReplyObject(r);
+		counts[i] = r ? ctl_reply_int(r) : 0;
+		if (r)
+			freeReplyObject(r);
 	}
-	double lag = stream_lag_s(st, "migrate");
-	double prio_lag = stream_lag_s(st, "migrate:priority");
-	lag = prio_lag > lag ? prio_lag : lag;
+	static const char *const streams[2] = { "migrate", "migrate:priority" };
+	struct ctl_stream_lag q[2];
+	struct ctl_syncback sb;
 	struct buf out;
+	memset(q, 0, sizeof(q));
+	memset(&sb, 0, sizeof(sb));
 	buf_init(&out);
+	for (int s = 0; s < 2 && rc == CTL_EXIT_OK; s++) {
+		flag_store_key(p, streams[s], &out);
+		rc = ctl_stream_lag_read(st, out.data, "migrators", &q[s]);
+	}
+	if (rc == CTL_EXIT_OK)
+		rc = ctl_syncback_read(ctl, st, false, &sb);
+	if (rc != CTL_EXIT_OK)
+		goto done;
+	counts[1] = q[0].unread;
+	counts[2] = q[1].unread;
+	double lag = q[1].oldest_s > q[0].oldest_s ? q[1].oldest_s : q[0].oldest_s;
+	buf_reset(&out);
 	for (int i = 0; i < 5; i++) {
 		if (ctl->json)
 			buf_printf(&out, "%s\"%s\":%lld", i ? "," : "{", labels[i], counts[i]);
@@ -157,30 +91,24 @@ static int migration_status(struct ctl *ctl, int argc, char **argv)
 	if (ctl->json)
 		buf_printf(&out, ",\"oldest_lag_s\":%.3f,\"pending\":{", lag);
 	else
-		buf_printf(&out, "%-11s %.3f s\npending    ", "oldest lag", lag);
-	/* Entries delivered but not acknowledged, per consumer. */
-	const char *streams[2] = { "migrate", "migrate:priority" };
+		buf_printf(&out, "%-11s %.3f s\n%-11s", "oldest lag", lag, "pending");
 	int shown = 0;
-	for (int s = 0; s < 2; s++) {
-		redisReply *r = redisCommand(flag_store_redis(st), "XPENDING %s:%s migrators", p, streams[s]);
-		if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 4 && r->element[3]->type == REDIS_REPLY_ARRAY) {
-			for (size_t k = 0; k < r->element[3]->elements; k++) {
-				const redisReply *c = r->element[3]->element[k];
-				const char *sep = shown++ ? (ctl->json ? "," : ", ") : " ";
-				if (ctl->json)
-					buf_printf(&out, "%s\"%s%s\":%s", shown > 1 ? "," : "", c->element[0]->str,
-						   s ? "/priority" : "", c->element[1]->str);
-				else
-					buf_printf(&out, "%s%s%s=%s", sep, c->element[0]->str, s ? "/priority" : "",
-						   c->element[1]->str);
-			}
-		}
-		if (r)
-			freeReplyObject(r);
+	put_pending(ctl, &q[0], "", &shown, &out);
+	put_pending(ctl, &q[1], "/priority", &shown, &out);
+	if (ctl->json) {
+		buf_puts(&out, "},\"syncback\":");
+		ctl_syncback_json(&sb, &out);
+		buf_puts(&out, "}\n");
+	} else {
+		buf_puts(&out, shown ? "\n" : " none\n");
+		ctl_syncback_section(&sb, &out);
 	}
-	buf_puts(&out, ctl->json ? "}}" : (shown ? "" : " none"));
-	printf("%s\n", out.data);
+	fputs(out.data, stdout);
+done:
 	buf_free(&out);
+	ctl_stream_lag_free(&q[0]);
+	ctl_stream_lag_free(&q[1]);
+	ctl_syncback_free(&sb);
 	return rc;
 }
 
@@ -214,7 +142,7 @@ static int migration_enqueue(struct ctl *ctl, int argc, char **argv)
 	char at[24];
 	snprintf(at, sizeof(at), "%lld", (long long)(clock_realtime_us() / 1000));
 	for (int i = 1; i < argc; i++) {
-		redisReply *r = migration_command(st, &rc, "XADD %s:migrate * user %s reason manual at %s",
+		redisReply *r = ctl_command(st, &rc, "XADD %s:migrate * user %s reason manual at %s",
 						  flag_store_prefix(st), argv[i], at);
 		if (r == NULL)
 			return rc;
@@ -256,16 +184,6 @@ static const char retry_script[] =
 	"redis.call('XADD', p .. ':migrate', '*', 'user', user, 'reason', 'retry', 'at', ARGV[4])\n"
 	"return 1\n";
 
-/* The entry's user field (any bytes, NUL included), or NULL. */
-static const redisReply *entry_user(const redisReply *e)
-{
-	const redisReply *fields = e->element[1];
-	for (size_t k = 0; k + 1 < fields->elements; k += 2)
-		if (strcmp(fields->element[k]->str, "user") == 0)
-			return fields->element[k + 1];
-	return NULL;
-}
-
 static bool listed(char **ids, int n, const redisReply *user)
 {
 	for (int i = 0; i < n; i++)
@@ -290,7 +208,7 @@ static int migration_dead(struct ctl *ctl, int argc, char **argv)
 	if (st == NULL)
 		return CTL_EXIT_UNREACHABLE;
 	const char *p = flag_store_prefix(st);
-	redisReply *r = migration_command(st, &rc, "XRANGE %s:migrate:dead - +", p);
+	redisReply *r = ctl_command(st, &rc, "XRANGE %s:migrate:dead - +", p);
 	if (r == NULL)
 		return rc;
 	char at[24];
@@ -298,13 +216,13 @@ static int migration_dead(struct ctl *ctl, int argc, char **argv)
 	long long retried = 0;
 	for (size_t i = 0; i < r->elements && rc == CTL_EXIT_OK; i++) {
 		const redisReply *e = r->element[i];
-		const redisReply *user = entry_user(e);
+		const redisReply *user = ctl_entry_field(e, "user");
 		if (list) {
 			print_entry(ctl, e);
 		} else if (user && listed(argv + 2, argc - 2, user)) {
-			redisReply *done = migration_command(st, &rc, "EVAL %s 0 %s %s %b %s", retry_script, p,
+			redisReply *done = ctl_command(st, &rc, "EVAL %s 0 %s %s %b %s", retry_script, p,
 							     e->element[0]->str, user->str, user->len, at);
-			retried += done ? reply_int(done) : 0;
+			retried += done ? ctl_reply_int(done) : 0;
 			if (done)
 				freeReplyObject(done);
 		}
@@ -325,7 +243,7 @@ static int migration_forget(struct ctl *ctl, int argc, char **argv)
 		return rc;
 	const char *p = flag_store_prefix(st);
 	for (int i = 1; i < argc; i++) {
-		redisReply *r = migration_command(st, &rc, "EVAL %s 0 %s %s",
+		redisReply *r = ctl_command(st, &rc, "EVAL %s 0 %s %s",
 						  "redis.call('SREM', ARGV[1] .. ':seen', ARGV[2]); "
 						  "redis.call('HDEL', ARGV[1] .. ':migrate:attempts', ARGV[2]); "
 						  "return redis.call('HDEL', ARGV[1] .. ':migrated', ARGV[2])",
@@ -333,14 +251,18 @@ static int migration_forget(struct ctl *ctl, int argc, char **argv)
 		if (r == NULL)
 			return rc;
 		printf(ctl->json ? "{\"user\":\"%s\",\"was_migrated\":%s}\n" : "%s: forgotten%s\n", argv[i],
-		       ctl->json ? (reply_int(r) ? "true" : "false") : (reply_int(r) ? " (was migrated)" : ""));
+		       ctl->json ? (ctl_reply_int(r) ? "true" : "false") : (ctl_reply_int(r) ? " (was migrated)" : ""));
 		freeReplyObject(r);
 	}
 	return CTL_EXIT_OK;
 }
 
 const struct ctl_verb ctl_migration_verbs[] = {
-	{ "status", "", "seen, queued, migrated, dead, oldest lag, pending per consumer", NULL, migration_status },
+	{ "status", "", "seen, queued, migrated, dead, oldest lag, pending per consumer; sync-back",
+	  "The sync-back section: the users service's events stream (--events), what its\n"
+	  "\"syncback\" group has pending and not yet read, the age of the oldest event\n"
+	  "not yet acknowledged, the dead-letter count and each consumer's pending and idle.\n",
+	  migration_status },
 	{ "enqueue", "ID...", "put users on the migrate stream now", NULL, migration_enqueue },
 	{ "dead", "list | retry [ID...]", "list dead-letter entries, or put them back on the stream (all, or these users)",
 	  NULL, migration_dead },
@@ -349,5 +271,14 @@ const struct ctl_verb ctl_migration_verbs[] = {
 	  "user's reads stay on the service there. Use it to re-copy a user, then\n"
 	  "'migration enqueue' them.\n",
 	  migration_forget },
+	{ "verify", "[-c FILE] [--sample N | --all | ID...]", "compare migrated users field by field: legacy vs the service",
+	  "  -c, --config FILE  the migrator's configuration (default /etc/cutover/migrate.conf);\n"
+	  "                     its Redis URL and prefix unless --redis or --prefix is given\n"
+	  "  --sample N         N random users of <prefix>:migrated (the default, N = 100)\n"
+	  "  --all              every user of <prefix>:migrated\n"
+	  "  ID...              these users\n"
+	  "Exit 0 when both sides agree, 7 with drift, 3 when Redis, legacy or the service\n"
+	  "cannot be read, 4 for a bad configuration.\n",
+	  migration_verify },
 	{ NULL, NULL, NULL, NULL, NULL },
 };

@@ -19,6 +19,9 @@
  * batch is not tried (deferred): against a service that swallows
  * packets, every request would wait for the whole timeout, and a stop
  * signal for the whole batch.
+ *
+ * The client half (struct http_client) also serves `cutoverctl migration
+ * verify`, which GETs each user from the service's read API.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -34,13 +37,12 @@
 #include "migrator/migrator.h"
 
 #define ID_PLACEHOLDER "{id}"
-#define BODY_EXCERPT 200
 #define RESPONSE_BODY_MAX (1 << 20)
 #define VERSION_MAX 128
 #define UNANSWERED_MAX 3 /* requests in a row without a response */
 
-struct sink_http {
-	struct sink base;
+/* One service at a URL template: one connection, one request at a time. */
+struct http_client {
 	struct event_base *loop;
 	struct evhttp_connection *conn;
 	char *host;
@@ -48,6 +50,11 @@ struct sink_http {
 	char *host_header;   /* "host:port" */
 	char *path_template; /* path and query, with {id} */
 	struct timeval timeout;
+};
+
+struct sink_http {
+	struct sink base;
+	struct http_client *client;
 	const char *version_field;
 };
 
@@ -58,7 +65,8 @@ struct exchange {
 	enum evhttp_request_error error;
 	bool have_error;
 	int sys_errno;
-	char excerpt[BODY_EXCERPT + 1];
+	char excerpt[HTTP_EXCERPT + 1];
+	struct buf *body; /* where the whole body goes, or NULL */
 };
 
 /* The parts of a sink URL: new strings in *host and *path. */
@@ -91,7 +99,7 @@ static int parse_url(const char *url, char **host, int *port, char **path, char 
 	if (h == NULL || h[0] == '\0')
 		snprintf(why, whylen, "'%s' has no host", url);
 	else if (evhttp_uri_get_userinfo(u) != NULL)
-		snprintf(why, whylen, "'%s' has user information, which the sink does not send", url);
+		snprintf(why, whylen, "'%s' has user information, which cutover does not send", url);
 	else
 		rc = 0;
 	if (rc == 0) {
@@ -165,7 +173,7 @@ static int version_text(const bson_iter_t *it, char *out, size_t outlen, char *w
 
 /* The request target: the path template with every {id} replaced by the
  * percent-encoded id. */
-static void request_target(const struct sink_http *h, const char *id, struct buf *out)
+static void request_target(const struct http_client *h, const char *id, struct buf *out)
 {
 	char *encoded = evhttp_uriencode(id, -1, 0);
 	size_t plen = strlen(ID_PLACEHOLDER);
@@ -197,17 +205,20 @@ static void on_response(struct evhttp_request *req, void *arg)
 		x->status = evhttp_request_get_response_code(req);
 	if (x->status != 0) {
 		struct evbuffer *body = evhttp_request_get_input_buffer(req);
-		ev_ssize_t n = evbuffer_copyout(body, x->excerpt, BODY_EXCERPT);
+		ev_ssize_t n = evbuffer_copyout(body, x->excerpt, HTTP_EXCERPT);
 		for (ev_ssize_t i = 0; i < n; i++)
 			if ((unsigned char)x->excerpt[i] < 0x20 || (unsigned char)x->excerpt[i] >= 0x7f)
 				x->excerpt[i] = '?';
 		x->excerpt[n > 0 ? n : 0] = '\0';
+		size_t len = evbuffer_get_length(body);
+		if (x->body && len > 0)
+			buf_append(x->body, evbuffer_pullup(body, -1), len);
 	}
 	event_base_loopbreak(x->loop);
 }
 
 /* A fresh connection to the service, replacing the old one. */
-static void reconnect(struct sink_http *h)
+static void reconnect(struct http_client *h)
 {
 	if (h->conn)
 		evhttp_connection_free(h->conn);
@@ -216,23 +227,30 @@ static void reconnect(struct sink_http *h)
 	evhttp_connection_set_max_body_size(h->conn, RESPONSE_BODY_MAX);
 }
 
-/* Sends one PUT and runs the loop until it is answered or failed. */
-static void put(struct sink_http *h, const char *target, const char *json, size_t len, const char *version,
-		struct exchange *x)
+/* Sends one request (a JSON body, or none when json is NULL) and runs
+ * the loop until it is answered or failed. */
+static void send_once(struct http_client *h, enum evhttp_cmd_type cmd, const char *target, const char *json,
+		      size_t len, const char *const *headers, struct exchange *x)
 {
+	struct buf *body = x->body;
 	memset(x, 0, sizeof(*x));
 	x->loop = h->loop;
+	x->body = body;
+	if (body)
+		buf_reset(body);
 	if (h->conn == NULL)
 		reconnect(h);
 	struct evhttp_request *req = evhttp_request_new(on_response, x);
 	evhttp_request_set_error_cb(req, on_request_error);
-	struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
-	evhttp_add_header(headers, "Host", h->host_header);
-	evhttp_add_header(headers, "Content-Type", "application/json");
-	if (version)
-		evhttp_add_header(headers, "X-Cutover-Version", version);
-	evbuffer_add(evhttp_request_get_output_buffer(req), json, len);
-	if (evhttp_make_request(h->conn, req, EVHTTP_REQ_PUT, target) < 0) {
+	struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+	evhttp_add_header(out, "Host", h->host_header);
+	if (json) {
+		evhttp_add_header(out, "Content-Type", "application/json");
+		evbuffer_add(evhttp_request_get_output_buffer(req), json, len);
+	}
+	for (size_t i = 0; headers && headers[i]; i += 2)
+		evhttp_add_header(out, headers[i], headers[i + 1]);
+	if (evhttp_make_request(h->conn, req, cmd, target) < 0) {
 		x->sys_errno = 0; /* evhttp freed req */
 		return;
 	}
@@ -240,7 +258,8 @@ static void put(struct sink_http *h, const char *target, const char *json, size_
 }
 
 /* Why an exchange got no response, for the error text. */
-static void describe_failure(const struct sink_http *h, const struct exchange *x, char *out, size_t outlen)
+static void describe_failure(const struct http_client *h, const char *method, const struct exchange *x, char *out,
+			     size_t outlen)
 {
 	static const char *const names[] = {
 		[EVREQ_HTTP_TIMEOUT] = "timed out",
@@ -254,24 +273,58 @@ static void describe_failure(const struct sink_http *h, const struct exchange *x
 	/* After a failed connect evhttp has closed the socket, which leaves
 	 * errno unrelated to the failure. */
 	if (x->sys_errno != 0 && x->have_error && x->error != EVREQ_HTTP_TIMEOUT)
-		snprintf(out, outlen, "PUT to %s: %s (%s)", h->host_header, what, strerror(x->sys_errno));
+		snprintf(out, outlen, "%s to %s: %s (%s)", method, h->host_header, what, strerror(x->sys_errno));
 	else
-		snprintf(out, outlen, "PUT to %s: %s", h->host_header, what);
+		snprintf(out, outlen, "%s to %s: %s", method, h->host_header, what);
+}
+
+/*
+ * Sends method to the URL for id, with json (len bytes; NULL for no
+ * body) and headers (name, value, ..., NULL; or NULL), and fills *out;
+ * the whole response body goes to response unless it is NULL. A request
+ * that fails with the connection closed under it (a keep-alive
+ * connection the service dropped while idle) is sent once more on a
+ * fresh connection: a GET or a PUT can be repeated. After no response
+ * the next request starts on a fresh connection.
+ */
+void http_client_request(struct http_client *c, enum http_method method, const char *id, const char *json,
+			 size_t len, const char *const *headers, struct buf *response, struct http_reply *out)
+{
+	static const char *const names[] = { [HTTP_GET] = "GET", [HTTP_PUT] = "PUT" };
+	enum evhttp_cmd_type cmd = method == HTTP_GET ? EVHTTP_REQ_GET : EVHTTP_REQ_PUT;
+	struct exchange x = { .body = response };
+	struct buf target;
+	buf_init(&target);
+	request_target(c, id, &target);
+	send_once(c, cmd, target.data, json, len, headers, &x);
+	if (x.status == 0 && x.have_error && x.error == EVREQ_HTTP_EOF) {
+		reconnect(c);
+		send_once(c, cmd, target.data, json, len, headers, &x);
+	}
+	buf_free(&target);
+	memset(out, 0, sizeof(*out));
+	out->status = x.status;
+	memcpy(out->excerpt, x.excerpt, sizeof(out->excerpt));
+	if (x.status == 0) {
+		describe_failure(c, names[method], &x, out->error, sizeof(out->error));
+		reconnect(c);
+	}
 }
 
 /* Delivers one user; sets its outcome. Returns whether the service
  * answered (with any status). */
-static bool deliver_one(struct sink_http *h, struct delivery *d, struct buf *target)
+static bool deliver_one(struct sink_http *h, struct delivery *d)
 {
 	char version[VERSION_MAX], why[160];
-	const char *header = NULL;
+	const char *headers[3] = { NULL, NULL, NULL };
 	bson_iter_t it;
 	if (h->version_field && bson_iter_init_find(&it, d->legacy, h->version_field)) {
 		if (version_text(&it, version, sizeof(version), why, sizeof(why)) < 0) {
 			delivery_set(d, OUTCOME_DEAD, "mapping", "version field '%s' %s", h->version_field, why);
 			return true;
 		}
-		header = version;
+		headers[0] = "X-Cutover-Version";
+		headers[1] = version;
 	}
 	size_t len;
 	char *json = bson_as_relaxed_extended_json(d->doc, &len);
@@ -279,18 +332,11 @@ static bool deliver_one(struct sink_http *h, struct delivery *d, struct buf *tar
 		delivery_set(d, OUTCOME_DEAD, "mapping", "the document cannot be written as JSON (invalid UTF-8?)");
 		return true;
 	}
-	request_target(h, d->user, target);
-	struct exchange x;
-	put(h, target->data, json, len, header, &x);
-	if (x.status == 0 && x.have_error && x.error == EVREQ_HTTP_EOF) {
-		reconnect(h);
-		put(h, target->data, json, len, header, &x);
-	}
+	struct http_reply x;
+	http_client_request(h->client, HTTP_PUT, d->user, json, len, headers, NULL, &x);
 	bson_free(json);
 	if (x.status == 0) {
-		describe_failure(h, &x, why, sizeof(why));
-		reconnect(h);
-		delivery_set(d, OUTCOME_RETRY, NULL, "%s", why);
+		delivery_set(d, OUTCOME_RETRY, NULL, "%s", x.error);
 	} else if ((x.status >= 200 && x.status < 300) || x.status == 409) {
 		delivery_set(d, OUTCOME_DELIVERED, NULL, "HTTP %d", x.status);
 	} else if (x.status >= 400 && x.status < 500 && x.status != 408 && x.status != 429) {
@@ -304,9 +350,7 @@ static bool deliver_one(struct sink_http *h, struct delivery *d, struct buf *tar
 static void http_deliver(struct sink *s, struct delivery *const *items, size_t n)
 {
 	struct sink_http *h = (struct sink_http *)s;
-	struct buf target;
 	int unanswered = 0;
-	buf_init(&target);
 	for (size_t i = 0; i < n; i++) {
 		struct delivery *d = items[i];
 		if (d->outcome != OUTCOME_NONE)
@@ -315,41 +359,61 @@ static void http_deliver(struct sink *s, struct delivery *const *items, size_t n
 			delivery_set(d, OUTCOME_DEFERRED, NULL, "not tried: %d requests in a row had no response",
 				     UNANSWERED_MAX);
 		else
-			unanswered = deliver_one(h, d, &target) ? 0 : unanswered + 1;
+			unanswered = deliver_one(h, d) ? 0 : unanswered + 1;
 	}
-	buf_free(&target);
 }
 
 static void http_free(struct sink *s)
 {
 	struct sink_http *h = (struct sink_http *)s;
-	if (h->conn)
-		evhttp_connection_free(h->conn);
-	event_base_free(h->loop);
-	free(h->host);
-	free(h->host_header);
-	free(h->path_template);
+	http_client_free(h->client);
 	free(h);
+}
+
+/* A client of the service at url (http://host[:port]/path-with-{id}),
+ * each request timing out after timeout_ms. Returns it (the caller frees
+ * it with http_client_free), or NULL with err. */
+struct http_client *http_client_new(const char *url, int timeout_ms, char *err, size_t errlen)
+{
+	struct http_client *c = xcalloc(1, sizeof(*c));
+	if (parse_url(url, &c->host, &c->port, &c->path_template, err, errlen) < 0) {
+		free(c);
+		return NULL;
+	}
+	c->loop = event_base_new();
+	struct buf b;
+	buf_init(&b);
+	buf_printf(&b, strchr(c->host, ':') ? "[%s]:%d" : "%s:%d", c->host, c->port);
+	c->host_header = buf_detach(&b);
+	c->timeout.tv_sec = timeout_ms / 1000;
+	c->timeout.tv_usec = (timeout_ms % 1000) * 1000;
+	return c;
+}
+
+void http_client_free(struct http_client *c)
+{
+	if (c == NULL)
+		return;
+	if (c->conn)
+		evhttp_connection_free(c->conn);
+	event_base_free(c->loop);
+	free(c->host);
+	free(c->host_header);
+	free(c->path_template);
+	free(c);
 }
 
 /* The http sink of cfg (which must outlive it). Returns it, or NULL with
  * err. */
 struct sink *sink_http_new(const struct migrate_config *cfg, char *err, size_t errlen)
 {
-	struct sink_http *h = xcalloc(1, sizeof(*h));
-	if (parse_url(cfg->sink_url, &h->host, &h->port, &h->path_template, err, errlen) < 0) {
-		free(h);
+	struct http_client *client = http_client_new(cfg->sink_url, cfg->sink_timeout_ms, err, errlen);
+	if (client == NULL)
 		return NULL;
-	}
+	struct sink_http *h = xcalloc(1, sizeof(*h));
 	h->base.deliver = http_deliver;
 	h->base.free = http_free;
-	h->loop = event_base_new();
-	struct buf b;
-	buf_init(&b);
-	buf_printf(&b, strchr(h->host, ':') ? "[%s]:%d" : "%s:%d", h->host, h->port);
-	h->host_header = buf_detach(&b);
-	h->timeout.tv_sec = cfg->sink_timeout_ms / 1000;
-	h->timeout.tv_usec = (cfg->sink_timeout_ms % 1000) * 1000;
+	h->client = client;
 	h->version_field = cfg->version_field;
 	return &h->base;
 }
