@@ -91,7 +91,9 @@ struct worker {
 	struct client *clients;   /* a list, for draining */
 	struct client *parked;    /* writes waiting for their user's migration */
 	int nclients;
-	struct event *wakeup;     /* activated by the main thread: drain */
+	int wakeup_fd;            /* an eventfd the main thread writes to: drain, or stop */
+	struct event *wakeup;
+	atomic_bool stop;         /* set by the main thread before it wakes the worker */
 	struct event *drain_tick;
 	struct worker_metrics metrics;
 	struct migrate_link *migrate;

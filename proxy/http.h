@@ -13,6 +13,12 @@
 #include "proxy/proxy.h"
 
 #define HTTP_MAX_HEADERS 100
+/* Headers indexed inside struct http_head; a message with more gets an
+ * array for HTTP_MAX_HEADERS, until the next message. Most have fewer
+ * (an API client sends 3-8, a browser 10-20, nginx answers with 5-6),
+ * and the index lives in every connection, idle ones included: 100
+ * entries each way cost 1.6 KB per connection. */
+#define HTTP_INLINE_HEADERS 16
 
 /* A span of the connection's input buffer: offsets, because the buffer
  * may move when it grows. */
@@ -21,11 +27,16 @@ struct span {
 	uint32_t len;
 };
 
+struct http_field {
+	struct span name;
+	struct span value;
+};
+
+/* Not to be copied: fields may point into it. */
 struct http_head {
+	/* Cleared by http_head_reset, up to inline_fields: */
 	struct span url;    /* requests */
 	struct span status; /* responses: the reason phrase */
-	struct span names[HTTP_MAX_HEADERS];
-	struct span values[HTTP_MAX_HEADERS];
 	size_t nheaders;
 	bool in_value;     /* the last callback was a value */
 	bool too_many;     /* more than HTTP_MAX_HEADERS */
@@ -33,9 +44,15 @@ struct http_head {
 	bool message_done; /* the whole message (head and body) has ended */
 	uint32_t head_len; /* bytes of the head, terminator included */
 	uint32_t hop_mask[(HTTP_MAX_HEADERS + 31) / 32]; /* headers not to forward */
+	/* The headers, [0, nheaders): inline_fields, or an array of
+	 * HTTP_MAX_HEADERS allocated when a message has more (owned). Each
+	 * entry is cleared as its header starts. */
+	struct http_field *fields;
+	struct http_field inline_fields[HTTP_INLINE_HEADERS];
 };
 
 void http_head_reset(struct http_head *h);
+void http_head_free(struct http_head *h);
 const http_parser_settings *http_request_settings(void);
 const http_parser_settings *http_response_settings(void);
 int http_on_url(http_parser *p, const char *at, size_t len);
@@ -53,6 +70,7 @@ const char *http_header_value(const struct http_head *h, const char *base, const
 void http_mark_hop_by_hop(struct http_head *h, const char *base, const char *extra_strip);
 bool http_is_hop(const struct http_head *h, size_t i);
 void http_headers_view(const struct http_head *h, const char *base, struct http_header_view *out);
+void http_append_header(struct buf *out, const struct http_head *h, const char *base, size_t i);
 void http_append_headers(struct buf *out, const struct http_head *h, const char *base);
 
 #endif

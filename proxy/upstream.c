@@ -26,6 +26,7 @@ static void upstream_free(struct upstream_conn *u)
 	close(u->fd);
 	buf_free(&u->out);
 	buf_free(&u->in);
+	http_head_free(&u->head);
 	free(u);
 }
 
