@@ -79,10 +79,13 @@ static void render_metrics(struct proxy *p, const struct flag_snapshot *flags, s
 		overflow += atomic_load(&w->metrics.series_overflow);
 		for (int k = 0; k < UPSTREAM_COUNT; k++)
 			errors[k] += atomic_load(&w->metrics.upstream_errors[k]);
-		/* Read without the worker's knowledge: a torn read only skews
-		 * this gauge for one scrape. */
-		for (size_t r = 0; w->breakers && w->cfg && r < w->cfg->nroutes; r++)
+		/* The lock keeps the array alive; its values are read while the
+		 * worker may write them: a torn read only skews this gauge for
+		 * one scrape. */
+		pthread_mutex_lock(&w->breakers_lock);
+		for (size_t r = 0; r < w->nbreakers; r++)
 			open_breakers += w->breakers[r].open_until_us > now;
+		pthread_mutex_unlock(&w->breakers_lock);
 	}
 	buf_printf(out, "# TYPE cutover_open_connections gauge\ncutover_open_connections %lld\n", open);
 	buf_puts(out, "# TYPE cutover_upstream_errors_total counter\n");

@@ -88,6 +88,11 @@ struct worker {
 	size_t nlisten;
 	struct upstream_pool pools[UPSTREAM_COUNT];
 	struct breaker *breakers; /* one per route of cfg */
+	size_t nbreakers;
+	/* Taken by the worker only to swap breakers (on a reload), and by the
+	 * admin thread to count the open ones: /metrics must never read an
+	 * array the worker has freed. */
+	pthread_mutex_t breakers_lock;
 	struct client *clients;   /* a list, for draining */
 	struct client *parked;    /* writes waiting for their user's migration */
 	int nclients;

@@ -57,8 +57,13 @@ void worker_refresh(struct worker *w)
 	struct proxy_config *old = w->cfg;
 	w->cfg = slot_refresh(&p->config.slot, w->cfg, &w->cfg_generation);
 	if (w->cfg != old) {
-		free(w->breakers);
-		w->breakers = xcalloc(w->cfg->nroutes + 1, sizeof(*w->breakers));
+		struct breaker *fresh = xcalloc(w->cfg->nroutes + 1, sizeof(*fresh)), *stale;
+		pthread_mutex_lock(&w->breakers_lock);
+		stale = w->breakers;
+		w->breakers = fresh;
+		w->nbreakers = w->cfg->nroutes;
+		pthread_mutex_unlock(&w->breakers_lock);
+		free(stale);
 		upstream_pool_clear(w);
 	}
 }
@@ -209,6 +214,7 @@ int proxy_start_workers(struct proxy *p, char *err, size_t errlen)
 		w->index = i;
 		w->base = worker_base_new();
 		w->rng = (uint64_t)clock_realtime_us() * 2654435761u + (uint64_t)i * 0x9e3779b97f4a7c15u + 1;
+		pthread_mutex_init(&w->breakers_lock, NULL);
 		worker_refresh(w);
 		w->nlisten = cfg->nlisten;
 		w->listen_fds = xcalloc(cfg->nlisten, sizeof(int));
@@ -273,6 +279,7 @@ void proxy_join_workers(struct proxy *p)
 		free(w->listen_fds);
 		free(w->listen_events);
 		free(w->breakers);
+		pthread_mutex_destroy(&w->breakers_lock);
 		config_unref(w->cfg);
 		flag_snapshot_unref(w->flags);
 		event_base_free(w->base);
