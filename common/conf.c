@@ -257,20 +257,18 @@ int conf_get_redis(struct conf_loader *ld, cfg_t *sec, char **url, char **prefix
 	return 0;
 }
 
-/* Installs note_option on every option, in sections that exist already
- * and in those the file will add. */
-static void watch_options(cfg_t *root)
+/* Installs note_option on every option of opts, whose path from the root
+ * is path ("" for the root; libconfuse joins names with '|'), in sections
+ * that exist already and in those the file will add, at any depth. */
+static void watch_options(cfg_t *root, cfg_opt_t *opts, const char *path)
 {
-	char name[64];
-	for (cfg_opt_t *o = root->opts; o->name != NULL; o++) {
-		if (o->type != CFGT_SEC) {
-			cfg_set_validate_func(root, o->name, note_option);
-			continue;
-		}
-		for (cfg_opt_t *s = o->subopts; s->name != NULL; s++) {
-			snprintf(name, sizeof(name), "%s|%s", o->name, s->name);
+	char name[128];
+	for (cfg_opt_t *o = opts; o->name != NULL; o++) {
+		snprintf(name, sizeof(name), "%s%s%s", path, path[0] ? "|" : "", o->name);
+		if (o->type != CFGT_SEC || path[0] != '\0')
 			cfg_set_validate_func(root, name, note_option);
-		}
+		if (o->type == CFGT_SEC)
+			watch_options(root, o->subopts, name);
 	}
 }
 
@@ -373,7 +371,7 @@ int conf_load(const char *path, cfg_opt_t *opts, conf_build_fn build, void *arg,
 		goto done;
 	}
 	cfg_set_error_function(ld.root, on_confuse_error);
-	watch_options(ld.root);
+	watch_options(ld.root, ld.root->opts, "");
 	if (cfg_parse_buf(ld.root, text) != CFG_SUCCESS) {
 		conf_report(&ld, 0, "cannot parse"); /* only if libconfuse said nothing */
 		goto done;

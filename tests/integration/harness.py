@@ -70,8 +70,10 @@ _tempdirs = []    # of Process and Proxy objects, removed by cleanup()
 def _with_parent(argv):
     """argv run so that it gets SIGTERM if this test process dies, even by
     SIGKILL (setpriv sets the parent-death signal, then execs argv: same
-    pid). No redis-server or watcher outlives a crashed test."""
-    if os.access(SETPRIV, os.X_OK):
+    pid). No redis-server or watcher outlives a crashed test. With KEEP
+    (TEST_KEEP=1, or a script that leaves its processes running when it
+    exits) argv is run as it is."""
+    if not KEEP and os.access(SETPRIV, os.X_OK):
         return [SETPRIV, "--pdeathsig", "TERM", "--"] + argv
     return argv
 
@@ -140,6 +142,17 @@ class TAP:
 
     def eq(self, got, want, desc):
         return self.ok(got == want, desc, "got:  %r\nwant: %r" % (got, want))
+
+    def todo(self, cond, desc, reason):
+        """A test point known not to pass yet: "not ok N - desc # TODO
+        reason", which the TAP driver counts as an expected failure
+        (XFAIL), never as a pass; once cond holds, "ok ... # TODO" (XPASS)
+        fails the run, so that the TODO is taken out."""
+        self.n += 1
+        desc = " ".join(str(desc).replace("#", "no.").split())
+        print("%s %d - %s # TODO %s" % ("ok" if cond else "not ok", self.n, desc, reason))
+        sys.stdout.flush()
+        return bool(cond)
 
     def finish(self):
         print("1..%d" % self.n)
@@ -1076,6 +1089,19 @@ class Proxy(Process):
             f.write(text)
         os.replace(tmp, self.conf)
 
+    def reload(self, timeout=5.0, **settings):
+        """Rewrites the config with settings changed (kept for later
+        renders), sends SIGHUP and waits for the proxy's verdict: True once
+        it logged "reloaded", False if it rejected the file or said nothing
+        within timeout."""
+        self.settings.update(settings)
+        self.write_config(self.render())
+        offset = self.stderr_size()
+        self.send_signal(signal.SIGHUP)
+        said = lambda text: self.wait_stderr(text, 0, offset)  # noqa: E731
+        poll(lambda: said("reloaded") or said("reload rejected"), timeout)
+        return said("reloaded")
+
     def wait_ready(self, timeout=20.0):
         """True once /readyz answers 200; False if the proxy exits or the
         deadline passes."""
@@ -1279,13 +1305,14 @@ class Mongo:
 
     database(tag) names a database of its own for each test
     (cutover_it_<PREFIX>_<n>_<tag>) and returns it as a pymongo Database;
-    the databases made on a real server are dropped at close()."""
+    the databases made on a real server are dropped at close(). uri: a
+    real server's, instead of CUTOVER_TEST_MONGO_URI's."""
 
     _count = 0
 
-    def __init__(self):
+    def __init__(self, uri=None):
         import pymongo
-        self.real = os.environ.get(MONGO_URI_ENV) or None
+        self.real = uri or os.environ.get(MONGO_URI_ENV) or None
         self.double = None
         if self.real:
             self.uri = self.real
@@ -1298,12 +1325,16 @@ class Mongo:
         self.closed = False
         atexit.register(self.close)
 
-    def database(self, tag=""):
+    def database(self, tag="", name=None):
         """A fresh database for one test (a pymongo Database); its name is
-        .name, for the migrator's legacy.database."""
-        Mongo._count += 1
-        name = "cutover_it_%s_%d%s" % (PREFIX, Mongo._count, "_" + tag if tag else "")
-        name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)[:60]
+        .name, for the migrator's legacy.database. name: that name instead
+        of one made from tag (on a real server, dropped first)."""
+        if name is None:
+            Mongo._count += 1
+            name = "cutover_it_%s_%d%s" % (PREFIX, Mongo._count, "_" + tag if tag else "")
+            name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)[:60]
+        elif self.real:
+            self.client.drop_database(name)
         self.names.append(name)
         return self.client[name]
 
@@ -1392,8 +1423,9 @@ def _conf_list(values):
 
 
 class Migrator(Process):
-    """`cutover-migrate run -c FILE` with a config written from settings;
-    stop() (SIGTERM) wants exit 0 and no sanitizer report.
+    """`cutover-migrate run -c FILE` (or another command: syncback) with a
+    config written from settings; stop() (SIGTERM) wants exit 0 and no
+    sanitizer report.
 
     settings (all optional):
       redis_url, prefix   default: the first RedisServer, PREFIX
@@ -1409,18 +1441,24 @@ class Migrator(Process):
       claim_idle          1000
       metrics_file        DIR/metrics.json (None: left out)
       log_level           "info"
+      syncback            {option: value} of a syncback { } section, its
+                          "mapping" a dict of lists like mapping's; with
+                          command "syncback", metrics_file defaults to
+                          the Migrator's (None: left out)
       extra               raw text appended
     """
 
-    def __init__(self, mongo_uri, database, sink_url=None, **settings):
+    def __init__(self, mongo_uri, database, sink_url=None, command="run", **settings):
         self.settings = dict(settings, mongo_uri=mongo_uri, database=database, sink_url=sink_url)
+        self.command = command
         self.confdir = tempfile.mkdtemp(prefix="cutover-it-migrate-conf-")
         _tempdirs.append(self.confdir)
         self.conf = os.path.join(self.confdir, "migrate.conf")
         self.metrics_file = self.settings.get("metrics_file", os.path.join(self.confdir, "metrics.json"))
         with open(self.conf, "w") as f:
             f.write(self.render())
-        super().__init__([MIGRATE, "run", "-c", self.conf], name="cutover-migrate", expect_rc=0)
+        super().__init__([MIGRATE, command, "-c", self.conf], expect_rc=0,
+                         name="cutover-migrate" + ("" if command == "run" else "-" + command))
 
     def render(self, **overrides):
         s = dict(self.settings, **overrides)
@@ -1460,8 +1498,21 @@ class Migrator(Process):
         if self.metrics_file:
             out.append("metrics_file = %s" % _conf_value(self.metrics_file))
         out.append("log_level = %s" % _conf_value(s.get("log_level", "info")))
+        if s.get("syncback") is not None:
+            out += self._render_syncback(s["syncback"])
         out.append(s.get("extra", ""))
         return "\n".join(out) + "\n"
+
+    def _render_syncback(self, settings):
+        """The lines of a syncback { } section (see the class comment)."""
+        sb = dict(settings)
+        if self.command == "syncback":
+            sb.setdefault("metrics_file", self.metrics_file)
+        mapping = sb.pop("mapping", None) or {}
+        out = ["syncback {"]
+        out += ["\t%s = %s" % (k, _conf_value(v)) for k, v in sb.items() if v is not None]
+        out += ["\tmapping {"] + ["\t\t%s = %s" % (k, _conf_list(v)) for k, v in mapping.items()] + ["\t}", "}"]
+        return out
 
     def metrics(self):
         """The metrics file as a dict, or None (not written yet)."""
