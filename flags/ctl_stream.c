@@ -234,7 +234,7 @@ static int read_oldest(struct flag_store *st, const char *key, const char *group
 		id = r->element[1];
 	else if (out->pending == 0 && r->elements == 1)
 		id = r->element[0]->element[0];
-	long long now;
+	long long now = 0;
 	if (id && (rc = redis_now_ms(st, &now)) == CTL_EXIT_OK) {
 		double age = (now - atoll(id->str)) / 1000.0;
 		out->oldest_s = age > 0 ? age : 0;

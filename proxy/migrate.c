@@ -7,7 +7,11 @@
  * enqueued once across every proxy process. The call is asynchronous: the
  * request never waits for it. At most limits.migrate_backlog calls are in
  * flight per worker; beyond that, or while Redis is down, the user is
- * dropped and counted (they will be seen again). A local cache of users
+ * dropped and counted (they will be seen again). Refreshes and created
+ * users are different: nothing would ask for them again, so while Redis
+ * is down (or the backlog full) they are owed - kept in a queue of up to
+ * limits.migrate_backlog and sent once the link is back; only beyond
+ * that are they dropped (and counted, and logged). A local cache of users
  * already enqueued (idset.c, limits.seen_cache per worker) saves the call
  * on repeat requests.
  *
@@ -36,6 +40,15 @@
 #define LINK_BACKOFF_MAX_MS 5000
 #define PRIORITY_QUIET_S "30" /* one priority entry per user per this */
 
+/* A refresh or a created user not sent yet (see the top of this file). */
+struct owed {
+	struct owed *next;
+	struct migrate_link *m;
+	bool refresh; /* XADD reason refresh; else the first-seen script, reason created */
+	size_t len;
+	char user[];
+};
+
 struct migrate_link {
 	struct worker *w;
 	struct redis_url url;
@@ -53,7 +66,13 @@ struct migrate_link {
 	struct idset migrated;
 	struct idset prioritized; /* priority entries sent in this quiet period */
 	int ticks;
+	struct owed *owed, *owed_tail; /* a FIFO */
+	int nowed;
+	bool owed_dropping; /* logged that owed enqueues are being dropped */
+	bool closing;       /* migrate_link_free is dropping the connections */
 };
+
+static void owed_flush(struct migrate_link *m);
 
 /* SADD to seen, and XADD only when the user is new. */
 static const char first_seen_script[] =
@@ -84,9 +103,9 @@ static void link_fail(struct migrate_link *m, const char *reason)
 	m->subscribed = false;
 	m->inflight = 0;
 	if (was_up || m->backoff_ms == LINK_BACKOFF_MIN_MS)
-		log_warn("worker %d: migration link to Redis lost (%s); first-seen users are counted as dropped "
-			 "until it is back",
-			 m->w->index, reason);
+		log_warn("worker %d: migration link to Redis lost (%s); first-seen users are counted as dropped, "
+			 "refreshes and created users kept (up to %d), until it is back",
+			 m->w->index, reason, m->w->cfg->migrate_backlog);
 	struct timeval tv = { m->backoff_ms / 1000, (m->backoff_ms % 1000) * 1000 };
 	evtimer_add(m->retry, &tv);
 	m->backoff_ms = m->backoff_ms * 2 > LINK_BACKOFF_MAX_MS ? LINK_BACKOFF_MAX_MS : m->backoff_ms * 2;
@@ -154,6 +173,7 @@ static void link_on_message(redisAsyncContext *ac, void *reply, void *privdata)
 		m->subscribed = true;
 		m->backoff_ms = LINK_BACKOFF_MIN_MS;
 		redisAsyncCommand(m->cmd, link_on_scan, NULL, "HSCAN %s:migrated 0 COUNT 1000", m->prefix);
+		owed_flush(m);
 	} else if (strcmp(r->element[0]->str, "message") == 0 && r->element[2]->type == REDIS_REPLY_STRING) {
 		uint64_t h = idset_hash(r->element[2]->str, r->element[2]->len);
 		idset_add(&m->migrated, h);
@@ -179,6 +199,7 @@ static void link_on_tick(evutil_socket_t fd, short what, void *arg)
 	}
 	if (m->cmd != NULL && !m->subscribed && clock_monotonic_us() - m->connect_started_us > LINK_CONNECT_TIMEOUT_US)
 		link_fail(m, "no answer within 2 s");
+	owed_flush(m);
 }
 
 static void link_on_retry(evutil_socket_t fd, short what, void *arg)
@@ -242,8 +263,18 @@ void migrate_link_free(struct migrate_link *m)
 {
 	if (m == NULL)
 		return;
+	m->closing = true;
+	/* ac->data is cleared by the drop: the owed callbacks find m through
+	 * their entries, and free them. */
 	redis_async_drop(&m->cmd);
 	redis_async_drop(&m->sub);
+	if (m->nowed > 0)
+		log_warn("worker %d: %d refreshes or created users not enqueued at exit", m->w->index, m->nowed);
+	while (m->owed != NULL) {
+		struct owed *o = m->owed;
+		m->owed = o->next;
+		free(o);
+	}
 	event_free(m->tick);
 	event_free(m->retry);
 	idset_free(&m->seen);
@@ -301,11 +332,111 @@ void migrate_first_seen(struct migrate_link *m, const char *user, size_t len)
 		link_enqueue(m, first_seen_script, user, len, "first-seen");
 }
 
+/* Puts o back at the head of the queue (it was first in line), or drops
+ * it when the queue is full. */
+static void owed_keep(struct migrate_link *m, struct owed *o, bool at_head)
+{
+	if (m->nowed >= m->w->cfg->migrate_backlog) {
+		atomic_fetch_add_explicit(&m->w->metrics.migrate_dropped, 1, memory_order_relaxed);
+		if (!m->owed_dropping)
+			log_error("worker %d: %d refreshes and created users wait for Redis already: dropping %s of "
+				  "user %.*s (and others, counted in cutover_migrate_dropped_total); the service's copy "
+				  "may lag until the user is written again",
+				  m->w->index, m->nowed, o->refresh ? "the refresh" : "the creation", (int)o->len, o->user);
+		m->owed_dropping = true;
+		free(o);
+		return;
+	}
+	o->next = NULL;
+	if (at_head) {
+		o->next = m->owed;
+		m->owed = o;
+		if (m->owed_tail == NULL)
+			m->owed_tail = o;
+	} else {
+		if (m->owed_tail)
+			m->owed_tail->next = o;
+		else
+			m->owed = o;
+		m->owed_tail = o;
+	}
+	m->nowed++;
+}
+
+/* The reply to an owed enqueue: done, or owed again (connection lost, or
+ * refused: sent again on the next tick). */
+static void owed_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+	(void)ac;
+	struct owed *o = privdata;
+	struct migrate_link *m = o->m;
+	redisReply *r = reply;
+	if (m->closing) {
+		free(o);
+		return;
+	}
+	if (r != NULL)
+		m->inflight--;
+	if (r != NULL && r->type != REDIS_REPLY_ERROR) {
+		atomic_fetch_add_explicit(&m->w->metrics.migrate_enqueued, 1, memory_order_relaxed);
+		free(o);
+		return;
+	}
+	if (r != NULL) {
+		atomic_fetch_add_explicit(&m->w->metrics.migrate_errors, 1, memory_order_relaxed);
+		log_warn("worker %d: %s of user %.*s refused by Redis (%s): kept for a retry", m->w->index,
+			 o->refresh ? "refresh" : "created", (int)o->len, o->user, r->str);
+	}
+	owed_keep(m, o, true);
+}
+
+static void owed_send(struct migrate_link *m, struct owed *o)
+{
+	char at[24];
+	snprintf(at, sizeof(at), "%lld", (long long)(clock_realtime_us() / 1000));
+	if (o->refresh)
+		redisAsyncCommand(m->cmd, owed_on_reply, o, "XADD %s:migrate * user %b reason refresh at %s", m->prefix,
+				  o->user, o->len, at);
+	else
+		redisAsyncCommand(m->cmd, owed_on_reply, o, "EVAL %s 0 %s %b %s %s", first_seen_script, m->prefix,
+				  o->user, o->len, at, "created");
+	m->inflight++;
+}
+
+/* Sends what is owed while the link is up and the backlog has room. */
+static void owed_flush(struct migrate_link *m)
+{
+	while (m->owed != NULL && m->subscribed && m->inflight < m->w->cfg->migrate_backlog) {
+		struct owed *o = m->owed;
+		m->owed = o->next;
+		if (m->owed == NULL)
+			m->owed_tail = NULL;
+		m->nowed--;
+		owed_send(m, o);
+	}
+	if (m->nowed == 0)
+		m->owed_dropping = false;
+}
+
+/* A refresh or a created user: sent now if it can be, else owed. */
+static void owe(struct migrate_link *m, bool refresh, const char *user, size_t len)
+{
+	struct owed *o = xmalloc(sizeof(*o) + len);
+	o->m = m;
+	o->refresh = refresh;
+	o->len = len;
+	memcpy(o->user, user, len);
+	if (m->owed == NULL && m->subscribed && m->inflight < m->w->cfg->migrate_backlog)
+		owed_send(m, o);
+	else
+		owed_keep(m, o, false);
+}
+
 /* A user the legacy app just created (create = legacy-first): enqueue it
  * now, so the service builds it while nothing in the monolith waits. */
 void migrate_created(struct migrate_link *m, const char *user, size_t len)
 {
-	link_enqueue(m, first_seen_script, user, len, "created");
+	owe(m, false, user, len);
 }
 
 /* A read waits on this user: put it on the priority stream (at most once
@@ -326,17 +457,7 @@ void migrate_priority(struct migrate_link *m, const char *user, size_t len)
  * idempotent). */
 void migrate_refresh(struct migrate_link *m, const char *user, size_t len)
 {
-	if (!m->subscribed || m->inflight >= m->w->cfg->migrate_backlog) {
-		atomic_fetch_add_explicit(&m->w->metrics.migrate_dropped, 1, memory_order_relaxed);
-		return;
-	}
-	char at[24];
-	snprintf(at, sizeof(at), "%lld", (long long)(clock_realtime_us() / 1000));
-	uint64_t *h = xmalloc(sizeof(*h));
-	*h = idset_hash(user, len);
-	redisAsyncCommand(m->cmd, link_on_enqueued, h, "XADD %s:migrate * user %b reason refresh at %s", m->prefix,
-			  user, len, at);
-	m->inflight++;
+	owe(m, true, user, len);
 }
 
 bool migrate_is_migrated(const struct migrate_link *m, const char *user, size_t len)
