@@ -107,6 +107,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "legacy-app/1"
     timeout = 120  # idle keep-alive connections are closed after this
+    disable_nagle_algorithm = True  # head and body are two writes: no 40 ms stalls
 
     # --- plumbing -------------------------------------------------------------
 

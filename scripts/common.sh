@@ -4,11 +4,13 @@
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 
-# Build tools and libraries, and the real peers the tests start.
+# Build tools and libraries, the real peers the tests and the demo start,
+# and curl for the commands the demo prints with --keep.
 CUTOVER_PACKAGES="gcc make autoconf automake pkg-config perl \
 libevent-dev libhiredis-dev libmongoc-dev libjsmn-dev libcmocka-dev \
 libconfuse-dev libhttp-parser-dev \
-redis-server redis-tools python3 python3-redis python3-mockupdb python3-pymongo"
+redis-server redis-tools python3 python3-redis python3-mockupdb python3-pymongo \
+util-linux curl"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
