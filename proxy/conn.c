@@ -434,6 +434,27 @@ static void client_path_view(const struct client *c, struct http_view *view)
 }
 
 /*
+ * Whether a create = "service" route may send its creates to the
+ * service: while its write flag is enabled and not killed, so that a kill
+ * or a rollback sends creates back to legacy with every other request
+ * (they are then handled as legacy-first ones). No write flag: always.
+ * Sets *reason when not.
+ */
+static bool service_takes_creates(const struct worker *w, const struct route *route, const char **reason)
+{
+	if (route->write_flag == NULL)
+		return true;
+	const struct flag *f = w->flags ? flag_snapshot_find(w->flags, route->write_flag) : NULL;
+	if (f == NULL)
+		*reason = w->flags == NULL ? "no-flags-yet" : "unknown-flag";
+	else if (f->kill)
+		*reason = "kill";
+	else if (!f->enabled)
+		*reason = "disabled";
+	return f != NULL && f->enabled && !f->kill;
+}
+
+/*
  * Fills the decision fields of c->req. at_head is the route match made
  * when the head came in (borrowed; its params point into c->in), or NULL
  * to match again: after a body was buffered c->in may have moved, and
@@ -487,9 +508,9 @@ static int client_decide(struct client *c, const struct route_match *at_head)
 	if (r->method == METHOD_POST && m->route->create != CREATE_BY_FLAG) {
 		/* Creates go by the route's strategy, not by a user's bucket:
 		 * the user does not exist yet. */
-		bool legacy_first = m->route->create == CREATE_LEGACY_FIRST;
+		r->reason = m->route->create == CREATE_LEGACY_FIRST ? "create-legacy-first" : "create-service";
+		bool legacy_first = m->route->create == CREATE_LEGACY_FIRST || !service_takes_creates(w, m->route, &r->reason);
 		r->upstream = legacy_first ? UPSTREAM_LEGACY : UPSTREAM_SERVICE;
-		r->reason = legacy_first ? "create-legacy-first" : "create-service";
 		r->capture_created = legacy_first;
 		const char *field = m->route->created_id;
 		copy_string(r->created_field, sizeof(r->created_field), strncmp(field, "json:", 5) == 0 ? field + 5 : "");

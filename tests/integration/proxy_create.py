@@ -83,14 +83,31 @@ def body(t):
         t.eq(resp.status, 200, "a create whose new id is not a valid user id is still answered")
         t.ok(all("\t" not in u for u in stream_users(r, "created")), "and the invalid id is not enqueued")
 
+        resp = p.request("POST", "/service/x", {"X-User-Id": "u9", "X-Echo-Location": "/api/users/u-off"}, b"{}")
+        t.eq((resp.status, resp.header("X-Cutover-Route")), (200, "legacy"),
+             "create = service, write flag disabled: the create goes to legacy")
+        e = p.access_entry(resp.request_id) or {}
+        t.eq(e.get("reason"), "disabled", "the access log says why (disabled)")
+        ok = harness.poll(lambda: "u-off" in stream_users(r, "created"), 5)
+        t.ok(ok, "and it is handled as legacy-first: the new user is enqueued", repr(stream_users(r, "created")))
+
+        harness.change_flags(t, srv, p, "enable", ("flag", "enable", "users-write"))
         resp = p.request("POST", "/service/x", {"X-User-Id": "u9"}, b"{}")
         t.eq((resp.status, resp.header("X-Cutover-Route")), (200, "service"),
-             "create = service: the create goes to the service whatever the flag says")
+             "create = service, write flag on: the create goes to the service whatever the user's bucket")
         e = p.access_entry(resp.request_id) or {}
         t.eq(e.get("reason"), "create-service", "the access log says create-service")
 
+        harness.change_flags(t, srv, p, "kill", ("flag", "kill", "users-write"))
+        resp = p.request("POST", "/service/x", {"X-User-Id": "u9", "X-Echo-Location": "/api/users/u-killed"}, b"{}")
+        e = p.access_entry(resp.request_id) or {}
+        t.eq((resp.header("X-Cutover-Route"), e.get("reason")), ("legacy", "kill"),
+             "after a kill the create goes to legacy (reason kill), like every other request")
+        ok = harness.poll(lambda: "u-killed" in stream_users(r, "created"), 5)
+        t.ok(ok, "and the new user is enqueued", repr(stream_users(r, "created")))
+
         resp = p.request("PUT", "/service/x", {"X-User-Id": "u9"}, b"{}")
-        t.eq(resp.header("X-Cutover-Route"), "legacy", "other writes on that route still go by the flag (off)")
+        t.eq(resp.header("X-Cutover-Route"), "legacy", "other writes on that route still go by the flag (killed)")
         rc = p.stop()
         t.ok(rc == 0, "the proxy exits 0 on SIGTERM", p.log_tail())
         legacy.stop()
