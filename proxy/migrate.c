@@ -460,6 +460,13 @@ void migrate_refresh(struct migrate_link *m, const char *user, size_t len)
 	owe(m, true, user, len);
 }
 
+/* Whether nothing is left to send or to hear back about, or nothing can
+ * be sent (the link is down): what a draining worker waits for. */
+bool migrate_settled(const struct migrate_link *m)
+{
+	return m == NULL || !m->subscribed || (m->owed == NULL && m->inflight == 0);
+}
+
 bool migrate_is_migrated(const struct migrate_link *m, const char *user, size_t len)
 {
 	return idset_has(&m->migrated, idset_hash(user, len));

@@ -33,6 +33,7 @@ struct migrate_link;
 struct migrate_link *migrate_link_new(struct worker *w);
 void migrate_link_free(struct migrate_link *m);
 void migrate_first_seen(struct migrate_link *m, const char *user, size_t len);
+bool migrate_settled(const struct migrate_link *m);
 bool migrate_is_migrated(const struct migrate_link *m, const char *user, size_t len);
 void migrate_created(struct migrate_link *m, const char *user, size_t len);
 void migrate_priority(struct migrate_link *m, const char *user, size_t len);

@@ -128,12 +128,14 @@ static void worker_stop_listening(struct worker *w)
 	}
 }
 
-/* Drain check, every 50 ms once draining: done when no client is left. */
+/* Drain check, every 50 ms once draining: done when no client is left
+ * and the migration link has sent what it owes (refreshes and created
+ * users that nothing would enqueue again), unless Redis is down. */
 static void worker_on_drain_tick(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd, (void)what;
 	struct worker *w = arg;
-	if (w->nclients == 0)
+	if (w->nclients == 0 && migrate_settled(w->migrate))
 		event_base_loopbreak(w->base);
 }
 
