@@ -475,13 +475,44 @@ def test_redis_down(t, fx):
     s.close()
 
 
+def test_redis_down_owed(t, fx):
+    """Refreshes made while Redis is down are owed, not dropped, up to
+    limits.migrate_backlog; beyond it they are dropped, counted and
+    logged."""
+    s = Setup(fx, "owed", read=100, write=0)
+    users = ["ow%d" % i for i in range(5)]
+    s.r.hset(s.keys["migrated"], mapping={u: "1" for u in users})
+    p = s.proxy(workers=1, limits={"migrate_backlog": 3})
+    t.ok(poll(lambda: metric(p, "cutover_migrate_links_up") == 1, 5), "owed: the migration link is up")
+    dropped0 = metric(p, "cutover_migrate_dropped_total")
+    offset = p.stderr_size()
+    fx.srv.stop(save=True)
+    t.ok(poll(lambda: metric(p, "cutover_migrate_links_up") == 0, 10), "Redis stopped: the link is down")
+    got = [p.request("PUT", "/api/users/" + u, body=b"{}") for u in users]
+    t.eq([(r.status, r.route) for r in got], [(200, "legacy")] * len(users),
+         "writes of migrated users go to legacy (write flag at 0%) and are answered")
+    t.eq(metric(p, "cutover_migrate_dropped_total") - dropped0, len(users) + 2,
+         "with a backlog of 3, three refreshes are owed and two dropped: cutover_migrate_dropped_total counts "
+         "those two and the five first-seen enqueues (dropped by design: sent when the users are seen again)")
+    t.ok(p.wait_stderr("dropping the refresh of user ow3", 5, since=offset),
+         "the first drop is logged, naming the user", p.log_tail(5))
+    fx.srv.start()
+    t.ok(poll(lambda: metric(p, "cutover_migrate_links_up") == 1, 15), "Redis back: the link reconnects")
+    owed = poll(lambda: sorted(u for u in users if any(f.get("reason") == "refresh" for _, f in s.entries(user=u)))
+                == users[:3], 10)
+    t.ok(owed, "the three owed refreshes reach %s once Redis is back, in order of their writes" % s.keys["migrate"],
+         repr({u: s.entries(user=u) for u in users}))
+    s.close()
+
+
 def body(t):
     with harness.RedisServer() as srv:
         mongo = Mongo()
         svc = ImportService()
         legacy, service = Echo("legacy"), Echo("service")
         fx = Fixture(srv, mongo, svc, legacy, service)
-        for test in (test_first_seen_once, test_read_guard, test_refresh, test_migrate_first, test_redis_down):
+        for test in (test_first_seen_once, test_read_guard, test_refresh, test_migrate_first, test_redis_down,
+                     test_redis_down_owed):
             t0 = time.monotonic()
             test(t, fx)
             t.diag("%s: %.1f s" % (test.__name__, time.monotonic() - t0))
