@@ -74,6 +74,14 @@ struct upstream_pool {
 
 struct client;
 
+/* Buffers of finished requests a worker keeps for the next ones (see
+ * conn.c: spare_put). */
+#define SPARE_BUFS 32
+struct spare_bufs {
+	struct buf b[SPARE_BUFS];
+	int n;
+};
+
 struct worker {
 	struct proxy *proxy;
 	int index;
@@ -101,6 +109,8 @@ struct worker {
 	atomic_bool stop;         /* set by the main thread before it wakes the worker */
 	struct event *drain_tick;
 	struct worker_metrics metrics;
+	struct spare_bufs spare_in;  /* clients' input buffers */
+	struct spare_bufs spare_out; /* clients' output buffers */
 	struct migrate_link *migrate;
 	uint64_t rng;
 };

@@ -40,6 +40,7 @@ struct http_head {
 	size_t nheaders;
 	bool in_value;     /* the last callback was a value */
 	bool too_many;     /* more than HTTP_MAX_HEADERS */
+	bool folded;       /* a header line continued on the next (refused) */
 	bool complete;     /* the header block has ended */
 	bool message_done; /* the whole message (head and body) has ended */
 	uint32_t head_len; /* bytes of the head, terminator included */
@@ -65,8 +66,16 @@ struct http_parse_target {
 	bool skip_body;   /* a response to HEAD */
 };
 
+bool http_name_is(const struct http_head *h, const char *base, size_t i, const char *name, size_t len);
 bool http_head_is(const struct http_head *h, const char *base, size_t i, const char *name);
+const char *http_header_find(const struct http_head *h, const char *base, const char *name, size_t namelen,
+			     size_t *len);
 const char *http_header_value(const struct http_head *h, const char *base, const char *name, size_t *len);
+/* http_head_is and http_header_value for a string literal name: its
+ * length is known when compiling, where a strlen per header compared
+ * cost more than the comparison (callgrind). */
+#define HTTP_HEAD_IS(h, base, i, name) http_name_is((h), (base), (i), "" name, sizeof(name) - 1)
+#define HTTP_HEADER_VALUE(h, base, name, len) http_header_find((h), (base), "" name, sizeof(name) - 1, (len))
 void http_mark_hop_by_hop(struct http_head *h, const char *base, const char *extra_strip);
 bool http_is_hop(const struct http_head *h, size_t i);
 void http_headers_view(const struct http_head *h, const char *base, struct http_header_view *out);

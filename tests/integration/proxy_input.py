@@ -275,6 +275,8 @@ def test_bad_input(t, p):
         ("a malformed request line", b"NOT A REQUEST\r\n\r\n", 400, None),
         ("a header line without a colon", b"GET /x HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400, None),
         ("a NUL in the request target", b"GET /x\x00y HTTP/1.1\r\nHost: x\r\n\r\n", 400, None),
+        ("a header line folded onto the next (obs-fold: forwarded, it would end the head early)",
+         b"GET /x HTTP/1.1\r\nHost: x\r\nX-Fold: a\r\n b\r\nX-After: 1\r\n\r\n", 400, "obs-fold"),
         ("a header block over header_bytes",
          b"GET /x HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (HEADER_BYTES + 100) + b"\r\n\r\n", 431, None),
         ("more headers than the proxy keeps",
