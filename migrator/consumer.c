@@ -10,6 +10,7 @@
  * with a cursor per stream; new entries come from one XREADGROUP over
  * all the streams, the first stream's entries first.
  */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,6 +159,16 @@ void cmd_arg(struct command *cmd, const char *s, size_t len)
 void cmd_str(struct command *cmd, const char *s)
 {
 	cmd_arg(cmd, s, strlen(s));
+}
+
+/* Appends each C string argument up to a NULL. */
+void cmd_strs(struct command *cmd, ...)
+{
+	va_list ap;
+	va_start(ap, cmd);
+	for (const char *s; (s = va_arg(ap, const char *)) != NULL;)
+		cmd_str(cmd, s);
+	va_end(ap);
 }
 
 /* Appends cmd to c's pipeline and empties it for the next command. */

@@ -132,8 +132,8 @@ struct delivery {
 	const char *reason; /* static: not-found, mapping, sink-4xx, attempts */
 	char error[DELIVERY_ERROR_MAX];
 	long long attempts; /* failed attempts so far, from Redis */
-	bool counted;       /* worker.c: attempts read from Redis */
-	bool recorded;      /* worker.c: Redis holds the outcome; ack */
+	bool counted;       /* batch.c: attempts read from Redis */
+	bool recorded;      /* batch.c: Redis holds the outcome; ack */
 };
 
 void delivery_set(struct delivery *d, enum outcome outcome, const char *reason, const char *fmt, ...)
@@ -283,7 +283,67 @@ int consumer_ack(struct consumer *c, size_t n, const int *stream, const char *co
 struct redisContext *consumer_redis(const struct consumer *c);
 void cmd_arg(struct command *cmd, const char *s, size_t len);
 void cmd_str(struct command *cmd, const char *s);
+void cmd_strs(struct command *cmd, ...) __attribute__((sentinel));
 void cmd_send(struct consumer *c, struct command *cmd);
+
+/* ---- batch.c: a turn's stream entries, recorded before they are acked -
+ * The worker's and sync-back's common part; the order of effects is at
+ * the top of batch.c. Their users' outcomes are deliveries: sync-back's
+ * changes use the outcome fields only (user to recorded). */
+
+/* What batch.c knows of a stream entry: the first member of the owner's. */
+struct batch_entry {
+	int stream; /* the index of its stream in the consumer's */
+	char *id;
+	bool claimed; /* taken over by XAUTOCLAIM */
+	char *user;   /* the user field as sent, or NULL */
+	size_t user_len;
+	struct delivery *d; /* its user's outcome; NULL: malformed, its own dead-letter */
+	bool recorded;      /* d NULL: the dead-letter is written */
+	bool acked;
+};
+
+struct batch {
+	void *entries; /* nentries of entry_size bytes, each a struct batch_entry first */
+	size_t nentries;
+	size_t entry_size;
+	struct delivery **users; /* distinct; batch_turn's are freed with delivery_free */
+	size_t nusers;
+};
+
+/* What an owner does with a batch; ctx is its batch_loop's. */
+struct batch_ops {
+	/* Fills in e beyond the common part; why: the user field's problem,
+	 * or NULL. fields live only for the call. */
+	void (*take)(void *ctx, struct batch_entry *e, const struct redisReply *fields, const char *why);
+	size_t entry_size; /* of the owner's entries */
+	/* Takes the batch through, batch_record included. Returns 0, or -1
+	 * if stopped first. */
+	int (*process)(void *ctx, struct batch *b);
+	/* A record counts as written only if Redis accepted every command
+	 * of it (else: its first, the HSET or XADD). */
+	bool strict;
+	/* Sends the record of d, delivered or dead (HDEL of its attempts
+	 * follows). Returns how many commands it sent. */
+	int (*send_record)(void *ctx, const struct batch *b, const struct delivery *d, const char *at);
+	/* Sends the dead-letter XADD of the malformed entry e. */
+	void (*send_dead_entry)(void *ctx, const struct batch_entry *e, const char *at);
+	void (*clear)(struct batch *b); /* frees the owner's parts of b, or NULL */
+};
+
+struct batch_loop {
+	const struct batch_ops *ops;
+	void *ctx;
+	struct consumer *q;       /* the owner's */
+	const char *attempts_key; /* user -> failed attempts; the owner's */
+	int attempts;             /* retry.attempts */
+	int failing_batches;      /* consecutive batches with a retry */
+	int failing_reads;        /* consecutive turns that could not read */
+};
+
+struct batch_entry *batch_entry_at(const struct batch *b, size_t i);
+int batch_record(struct batch_loop *l, struct batch *b);
+void batch_turn(struct batch_loop *l);
 
 /* ---- worker.c -------------------------------------------------------- */
 

@@ -32,11 +32,12 @@
  *      tombstone), after which nothing older applies; or deletes the
  *      document (deletes = delete) after recording the version in
  *      <p>:syncback:deleted, which then stops older events instead;
- *   4. Redis, pipelined: attempts of users that failed; each created
- *      user recorded as migrated and seen (its reads may go to the
- *      service at once: it lives there); dead-letters; and only then
- *      XACK of the entries whose outcome is durable. The stream is the
- *      service's: entries are acked, not deleted.
+ *   4. Redis, pipelined, as batch.c does it for the worker too:
+ *      attempts of users that failed; each created user recorded as
+ *      migrated and seen (its reads may go to the service at once: it
+ *      lives there); dead-letters; and only then XACK of the entries
+ *      whose outcome is durable, every command of its record accepted.
+ *      The stream is the service's: entries are acked, not deleted.
  *
  * A write the legacy server could not take at the write concern (or at
  * all) is an outage: the batch waits and is written again, no attempt
@@ -62,22 +63,14 @@
 enum event_type { EVENT_CREATED, EVENT_UPDATED, EVENT_DELETED };
 static const char *const event_type_names[] = { "USER_CREATED", "USER_UPDATED", "USER_DELETED" };
 
-struct change;
-
 /* One stream entry of a batch. */
 struct event {
-	char *id;
-	bool claimed;
+	struct batch_entry base; /* base.d: its change's */
 	enum event_type type;
-	char *user; /* as sent, or NULL */
-	size_t user_len;
 	int64_t version;
 	bson_t *fields; /* mapped to legacy names; NULL for a delete */
 	char malformed[DELIVERY_ERROR_MAX]; /* why it is unusable, or "" */
 	const char *reason;                 /* its dead-letter reason */
-	struct change *change;              /* its user's */
-	bool recorded;                      /* malformed: dead-letter written */
-	bool acked;
 };
 
 /* One field as a user's events of the batch leave it. */
@@ -89,38 +82,34 @@ struct field_change {
 
 /* The events of one user in a batch, merged. */
 struct change {
-	char *user;
-	int64_t version; /* the highest */
+	struct delivery d; /* first: batch.c's users are changes */
+	int64_t version;   /* the highest */
 	bool created;
 	bool deleted;
 	struct field_change *fields;
 	size_t nfields;
 	bool stale;      /* deletes = delete: the user was deleted at a later version */
-	enum outcome outcome;
-	const char *reason;
-	char error[DELIVERY_ERROR_MAX];
-	long long attempts;
-	bool recorded;
-};
-
-struct batch {
-	struct event *events;
-	size_t nevents;
-	struct change **changes;
-	size_t nchanges;
 };
 
 struct syncback {
 	const struct migrate_config *cfg;
 	const struct syncback_config *sb;
-	struct consumer *q;
+	struct batch_loop loop; /* its consumer, q, is sync-back's */
 	mongoc_client_pool_t *pool;
 	mongoc_write_concern_t *wc;
 	char *dead_key, *attempts_key, *deleted_key, *migrated_key, *seen_key, *changed_channel;
 	int64_t next_lag_us;
-	int failing_batches;
-	int failing_reads;
 };
+
+static struct event *event_at(const struct batch *b, size_t i)
+{
+	return (struct event *)batch_entry_at(b, i);
+}
+
+static struct change *change_at(const struct batch *b, size_t i)
+{
+	return (struct change *)b->users[i];
+}
 
 /* ---- 1. parse ------------------------------------------------------------ */
 
@@ -211,26 +200,13 @@ static void parse_event(const struct syncback_config *sb, struct event *e, const
 		parse_fields(sb, e, entry_field(fields, "fields"));
 }
 
-/* consumer_take_fn: adds one event to the batch of the syncback ctx. */
-static void take_event(void *ctx, int stream, const char *id, const redisReply *fields, bool claimed)
+/* batch_ops take: the event, unless the user field is unusable (why). */
+static void take_event(void *ctx, struct batch_entry *entry, const redisReply *fields, const char *why)
 {
-	struct syncback *s = ((void **)ctx)[0];
-	struct batch *b = ((void **)ctx)[1];
-	const char *user, *why;
-	size_t len;
-	(void)stream;
-	b->events = xrealloc(b->events, (b->nevents + 1) * sizeof(*b->events));
-	struct event *e = &b->events[b->nevents++];
-	memset(e, 0, sizeof(*e));
-	e->id = xstrdup(id);
-	e->claimed = claimed;
+	const struct syncback *s = ctx;
+	struct event *e = (struct event *)entry;
 	e->reason = "malformed";
-	int rc = entry_user(fields, &user, &len, &why);
-	if (user != NULL) {
-		e->user = xstrndup(user, len);
-		e->user_len = len;
-	}
-	if (rc < 0)
+	if (why != NULL)
 		snprintf(e->malformed, sizeof(e->malformed), "user: %s", why);
 	else
 		parse_event(s->sb, e, fields);
@@ -241,7 +217,7 @@ static void take_event(void *ctx, int stream, const char *id, const redisReply *
 static int compare_events(const void *a, const void *b)
 {
 	const struct event *x = *(struct event *const *)a, *y = *(struct event *const *)b;
-	int c = strcmp(x->user, y->user);
+	int c = strcmp(x->base.user, y->base.user);
 	return c != 0 ? c : (x->version > y->version) - (x->version < y->version);
 }
 
@@ -270,53 +246,33 @@ static void merge_event(struct change *c, const struct event *e)
 /* One change per user of the well-formed events, in version order. */
 static void collect_changes(struct batch *b)
 {
-	struct event **sorted = xcalloc(b->nevents + 1, sizeof(*sorted));
+	struct event **sorted = xcalloc(b->nentries + 1, sizeof(*sorted));
 	size_t n = 0;
-	for (size_t i = 0; i < b->nevents; i++)
-		if (b->events[i].malformed[0] == '\0')
-			sorted[n++] = &b->events[i];
+	for (size_t i = 0; i < b->nentries; i++)
+		if (event_at(b, i)->malformed[0] == '\0')
+			sorted[n++] = event_at(b, i);
 	qsort(sorted, n, sizeof(*sorted), compare_events);
-	b->changes = xcalloc(n + 1, sizeof(*b->changes));
+	b->users = xcalloc(n + 1, sizeof(*b->users));
 	for (size_t i = 0; i < n; i++) {
-		if (i == 0 || strcmp(sorted[i - 1]->user, sorted[i]->user) != 0) {
+		if (i == 0 || strcmp(sorted[i - 1]->base.user, sorted[i]->base.user) != 0) {
 			struct change *c = xcalloc(1, sizeof(*c));
-			c->user = xstrdup(sorted[i]->user);
-			b->changes[b->nchanges++] = c;
+			c->d.user = xstrdup(sorted[i]->base.user);
+			b->users[b->nusers++] = &c->d;
 		}
-		sorted[i]->change = b->changes[b->nchanges - 1];
-		merge_event(sorted[i]->change, sorted[i]);
+		sorted[i]->base.d = b->users[b->nusers - 1];
+		merge_event(change_at(b, b->nusers - 1), sorted[i]);
 	}
 	free(sorted);
 }
 
-static void batch_free(struct batch *b)
+/* batch_ops clear: the events' fields and the changes' field lists. */
+static void clear_batch(struct batch *b)
 {
-	for (size_t i = 0; i < b->nevents; i++) {
-		free(b->events[i].id);
-		free(b->events[i].user);
-		if (b->events[i].fields)
-			bson_destroy(b->events[i].fields);
-	}
-	free(b->events);
-	for (size_t i = 0; i < b->nchanges; i++) {
-		free(b->changes[i]->user);
-		free(b->changes[i]->fields);
-		free(b->changes[i]);
-	}
-	free(b->changes);
-	memset(b, 0, sizeof(*b));
-}
-
-static void change_set(struct change *c, enum outcome outcome, const char *reason, const char *fmt, ...)
-	CUTOVER_PRINTF(4, 5);
-static void change_set(struct change *c, enum outcome outcome, const char *reason, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(c->error, sizeof(c->error), fmt, ap);
-	va_end(ap);
-	c->outcome = outcome;
-	c->reason = reason;
+	for (size_t i = 0; i < b->nentries; i++)
+		if (event_at(b, i)->fields)
+			bson_destroy(event_at(b, i)->fields);
+	for (size_t i = 0; i < b->nusers; i++)
+		free(change_at(b, i)->fields);
 }
 
 /* ---- 3. legacy ----------------------------------------------------------- */
@@ -335,7 +291,7 @@ static void build_guard(const struct syncback *s, const struct change *c, const 
 {
 	char key[FIELD_KEY_MAX];
 	bson_t cond, or, alt;
-	legacy_append_id(filter, "_id", c->user, strlen(c->user), s->cfg->id_type);
+	legacy_append_id(filter, "_id", c->d.user, strlen(c->d.user), s->cfg->id_type);
 	BSON_APPEND_DOCUMENT_BEGIN(filter, state_key(s, "del", NULL, key), &cond);
 	BSON_APPEND_BOOL(&cond, "$exists", false);
 	bson_append_document_end(filter, &cond);
@@ -412,9 +368,9 @@ static void add_op(struct bulk *b, struct change *c, long field, bool upsert, bo
 /* The operations of the changes still undecided. */
 static void plan(const struct syncback *s, const struct batch *b, struct bulk *out)
 {
-	for (size_t i = 0; i < b->nchanges; i++) {
-		struct change *c = b->changes[i];
-		if (c->outcome != OUTCOME_NONE)
+	for (size_t i = 0; i < b->nusers; i++) {
+		struct change *c = change_at(b, i);
+		if (c->d.outcome != OUTCOME_NONE)
 			continue;
 		if (c->deleted && s->sb->deletes == SYNCBACK_DELETE) {
 			add_op(out, c, -1, false, false, true);
@@ -441,7 +397,7 @@ static bool append_op(const struct syncback *s, mongoc_bulk_operation_t *bulk, c
 	const struct field_change *f = op->field >= 0 ? &op->c->fields[op->field] : NULL;
 	bool ok;
 	if (op->remove) {
-		legacy_append_id(&filter, "_id", op->c->user, strlen(op->c->user), s->cfg->id_type);
+		legacy_append_id(&filter, "_id", op->c->d.user, strlen(op->c->d.user), s->cfg->id_type);
 		ok = mongoc_bulk_operation_remove_one_with_opts(bulk, &filter, NULL, error);
 	} else {
 		build_guard(s, op->c, f ? f->name : NULL, f ? f->version : 0, &filter);
@@ -477,8 +433,8 @@ static void apply_write_error(const bson_t *write_error, void *arg)
 	}
 	char text[DELIVERY_ERROR_MAX];
 	mongo_write_error_text(write_error, text, sizeof(text));
-	if (op->c->outcome == OUTCOME_NONE)
-		change_set(op->c, OUTCOME_RETRY, "attempts", "legacy refused the write: %s", text);
+	if (op->c->d.outcome == OUTCOME_NONE)
+		delivery_set(&op->c->d, OUTCOME_RETRY, "attempts", "legacy refused the write: %s", text);
 }
 
 /*
@@ -499,8 +455,8 @@ static int run_bulk(struct syncback *s, mongoc_collection_t *coll, struct bulk *
 	struct bulk sent = { 0 };
 	for (size_t k = 0; k < plan->nops; k++) {
 		if (!append_op(s, bulk, &plan->ops[k], &error)) {
-			change_set(plan->ops[k].c, OUTCOME_DEAD, "malformed", "not a document legacy can store: %s",
-				   error.message);
+			delivery_set(&plan->ops[k].c->d, OUTCOME_DEAD, "malformed",
+				     "not a document legacy can store: %s", error.message);
 			continue;
 		}
 		add_op(&sent, plan->ops[k].c, plan->ops[k].field, plan->ops[k].upsert, plan->ops[k].tombstone,
@@ -544,12 +500,12 @@ static int check_present(struct syncback *s, mongoc_collection_t *coll, struct b
 	uint32_t n = 0;
 	BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &id);
 	BSON_APPEND_ARRAY_BEGIN(&id, "$in", &in);
-	for (size_t i = 0; i < b->nchanges; i++) {
-		const struct change *c = b->changes[i];
-		if (c->outcome != OUTCOME_NONE || c->created || c->deleted)
+	for (size_t i = 0; i < b->nusers; i++) {
+		const struct change *c = change_at(b, i);
+		if (c->d.outcome != OUTCOME_NONE || c->created || c->deleted)
 			continue;
 		bson_uint32_to_string(n++, &key, index, sizeof(index));
-		legacy_append_id(&in, key, c->user, strlen(c->user), s->cfg->id_type);
+		legacy_append_id(&in, key, c->d.user, strlen(c->d.user), s->cfg->id_type);
 	}
 	bson_append_array_end(&id, &in);
 	bson_append_document_end(&filter, &id);
@@ -563,23 +519,23 @@ static int check_present(struct syncback *s, mongoc_collection_t *coll, struct b
 		bson_error_t error;
 		const char *why;
 		mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, &filter, &opts, NULL);
-		bool *found = xcalloc(b->nchanges + 1, sizeof(*found));
+		bool *found = xcalloc(b->nusers + 1, sizeof(*found));
 		while (mongoc_cursor_next(cur, &doc)) {
 			if (legacy_user_id(doc, present, &why) < 0)
 				continue;
-			for (size_t i = 0; i < b->nchanges; i++)
-				found[i] = found[i] || same_user(s, b->changes[i]->user, present);
+			for (size_t i = 0; i < b->nusers; i++)
+				found[i] = found[i] || same_user(s, b->users[i]->user, present);
 		}
 		if (mongoc_cursor_error(cur, &error)) {
 			snprintf(err, errlen, "%s", error.message);
 			rc = -1;
 		}
-		for (size_t i = 0; i < b->nchanges && rc == 0; i++) {
-			struct change *c = b->changes[i];
-			if (c->outcome == OUTCOME_NONE && !c->created && !c->deleted && !found[i]) {
-				change_set(c, OUTCOME_RETRY, "not-in-legacy",
-					   "no user %s in legacy: its USER_CREATED not applied yet, or deleted there",
-					   c->user);
+		for (size_t i = 0; i < b->nusers && rc == 0; i++) {
+			struct change *c = change_at(b, i);
+			if (c->d.outcome == OUTCOME_NONE && !c->created && !c->deleted && !found[i]) {
+				delivery_set(&c->d, OUTCOME_RETRY, "not-in-legacy",
+					     "no user %s in legacy: its USER_CREATED not applied yet, or deleted there",
+					     c->d.user);
 				metrics_count(COUNT_SB_NOT_IN_LEGACY, 1);
 			}
 		}
@@ -620,18 +576,18 @@ static int write_legacy(struct syncback *s, struct batch *b)
 	char err[MIGRATE_ERR_MAX];
 	int outages = 0;
 	while (write_legacy_once(s, b, err, sizeof(err)) < 0) {
-		log_warn("legacy: %s; %zu users wait, no attempt counted", err, b->nchanges);
+		log_warn("legacy: %s; %zu users wait, no attempt counted", err, b->nusers);
 		metrics_count(COUNT_LEGACY_ERRORS, 1);
 		metrics_error("legacy: %s", err);
-		for (size_t i = 0; i < b->nchanges; i++)
-			if (b->changes[i]->outcome == OUTCOME_RETRY)
-				b->changes[i]->outcome = OUTCOME_NONE;
-		if (consumer_wait_outage(s->q, &outages) < 0)
+		for (size_t i = 0; i < b->nusers; i++)
+			if (b->users[i]->outcome == OUTCOME_RETRY)
+				b->users[i]->outcome = OUTCOME_NONE;
+		if (consumer_wait_outage(s->loop.q, &outages) < 0)
 			return -1;
 	}
-	for (size_t i = 0; i < b->nchanges; i++)
-		if (b->changes[i]->outcome == OUTCOME_NONE)
-			change_set(b->changes[i], OUTCOME_DELIVERED, NULL, "applied");
+	for (size_t i = 0; i < b->nusers; i++)
+		if (b->users[i]->outcome == OUTCOME_NONE)
+			delivery_set(b->users[i], OUTCOME_DELIVERED, NULL, "applied");
 	return 0;
 }
 
@@ -648,85 +604,45 @@ static int check_deleted(struct syncback *s, struct batch *b)
 {
 	struct command c = { 0 };
 	size_t ndeleted = 0;
-	if (s->sb->deletes != SYNCBACK_DELETE || b->nchanges == 0)
+	if (s->sb->deletes != SYNCBACK_DELETE || b->nusers == 0)
 		return 0;
-	const char **argv = xcalloc(b->nchanges + 2, sizeof(*argv));
+	const char **argv = xcalloc(b->nusers + 2, sizeof(*argv));
 	argv[0] = "HMGET";
 	argv[1] = s->deleted_key;
-	for (size_t i = 0; i < b->nchanges; i++)
-		argv[i + 2] = b->changes[i]->user;
-	redisAppendCommandArgv(consumer_redis(s->q), (int)b->nchanges + 2, argv, NULL);
+	for (size_t i = 0; i < b->nusers; i++)
+		argv[i + 2] = b->users[i]->user;
+	redisAppendCommandArgv(consumer_redis(s->loop.q), (int)b->nusers + 2, argv, NULL);
 	free(argv);
-	for (size_t i = 0; i < b->nchanges; i++) {
+	for (size_t i = 0; i < b->nusers; i++) {
 		char v[24];
-		if (!b->changes[i]->deleted)
+		if (!change_at(b, i)->deleted)
 			continue;
-		snprintf(v, sizeof(v), "%" PRId64, b->changes[i]->version);
-		cmd_str(&c, "HSET");
-		cmd_str(&c, s->deleted_key);
-		cmd_str(&c, b->changes[i]->user);
-		cmd_str(&c, v);
-		cmd_send(s->q, &c);
+		snprintf(v, sizeof(v), "%" PRId64, change_at(b, i)->version);
+		cmd_strs(&c, "HSET", s->deleted_key, b->users[i]->user, v, NULL);
+		cmd_send(s->loop.q, &c);
 		ndeleted++;
 	}
 	redisReply *r;
-	if (consumer_next_reply(s->q, "HMGET", &r) < 0)
+	if (consumer_next_reply(s->loop.q, "HMGET", &r) < 0)
 		return -1;
-	for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements && i < b->nchanges; i++) {
+	for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements && i < b->nusers; i++) {
 		const redisReply *v = r->element[i];
-		if (v->type == REDIS_REPLY_STRING && strtoll(v->str, NULL, 10) >= b->changes[i]->version) {
-			change_set(b->changes[i], OUTCOME_DELIVERED, NULL, "deleted at version %s already", v->str);
-			b->changes[i]->stale = true;
+		if (v->type == REDIS_REPLY_STRING && strtoll(v->str, NULL, 10) >= change_at(b, i)->version) {
+			delivery_set(b->users[i], OUTCOME_DELIVERED, NULL, "deleted at version %s already", v->str);
+			change_at(b, i)->stale = true;
 		}
 	}
 	if (r->type == REDIS_REPLY_ERROR)
-		consumer_refused(s->q, "HMGET", r);
+		consumer_refused(s->loop.q, "HMGET", r);
 	bool refused = r->type != REDIS_REPLY_ARRAY;
 	freeReplyObject(r);
 	while (ndeleted-- > 0) {
-		if (consumer_next_reply(s->q, "HSET", &r) < 0)
+		if (consumer_next_reply(s->loop.q, "HSET", &r) < 0)
 			return -1;
 		refused = refused || r->type == REDIS_REPLY_ERROR;
 		freeReplyObject(r);
 	}
 	return refused ? -1 : 0;
-}
-
-/* HINCRBY attempts for each retry, HGET for each dead change; a retry
- * that reached retry.attempts is dead. Returns -1 when the connection
- * failed. */
-static int count_attempts(struct syncback *s, struct batch *b)
-{
-	struct command c = { 0 };
-	size_t sent = 0;
-	for (size_t i = 0; i < b->nchanges; i++) {
-		const struct change *ch = b->changes[i];
-		if (ch->outcome != OUTCOME_RETRY && ch->outcome != OUTCOME_DEAD)
-			continue;
-		cmd_str(&c, ch->outcome == OUTCOME_RETRY ? "HINCRBY" : "HGET");
-		cmd_str(&c, s->attempts_key);
-		cmd_str(&c, ch->user);
-		if (ch->outcome == OUTCOME_RETRY)
-			cmd_str(&c, "1");
-		cmd_send(s->q, &c);
-		sent++;
-	}
-	for (size_t i = 0; i < b->nchanges && sent > 0; i++) {
-		struct change *ch = b->changes[i];
-		redisReply *r;
-		if (ch->outcome != OUTCOME_RETRY && ch->outcome != OUTCOME_DEAD)
-			continue;
-		if (consumer_next_reply(s->q, "counting attempts", &r) < 0)
-			return -1;
-		sent--;
-		ch->attempts = r->type == REDIS_REPLY_INTEGER  ? r->integer
-			       : r->type == REDIS_REPLY_STRING ? strtoll(r->str, NULL, 10)
-							       : 0;
-		if (ch->outcome == OUTCOME_RETRY && ch->attempts >= s->cfg->attempts)
-			ch->outcome = OUTCOME_DEAD;
-		freeReplyObject(r);
-	}
-	return 0;
 }
 
 /* XADD of one event's dead-letter entry. */
@@ -737,121 +653,45 @@ static void send_dead_letter(struct syncback *s, const struct event *e, const ch
 	char version[24], count[24];
 	snprintf(version, sizeof(version), "%" PRId64, e->version);
 	snprintf(count, sizeof(count), "%lld", attempts);
-	cmd_str(&c, "XADD");
-	cmd_str(&c, s->dead_key);
-	cmd_str(&c, "*");
-	cmd_str(&c, "entry");
-	cmd_str(&c, e->id);
-	cmd_str(&c, "user");
-	cmd_arg(&c, e->user ? e->user : "", e->user ? e->user_len : 0);
-	cmd_str(&c, "type");
-	cmd_str(&c, e->malformed[0] && e->version == 0 ? "" : event_type_names[e->type]);
-	cmd_str(&c, "version");
-	cmd_str(&c, version);
-	cmd_str(&c, "reason");
-	cmd_str(&c, reason);
-	cmd_str(&c, "error");
-	cmd_str(&c, error);
-	cmd_str(&c, "attempts");
-	cmd_str(&c, count);
-	cmd_str(&c, "at");
-	cmd_str(&c, at);
-	cmd_send(s->q, &c);
+	cmd_strs(&c, "XADD", s->dead_key, "*", "entry", e->base.id, "user", NULL);
+	cmd_arg(&c, e->base.user ? e->base.user : "", e->base.user_len);
+	cmd_strs(&c, "type", e->malformed[0] && e->version == 0 ? "" : event_type_names[e->type], "version", version,
+		 "reason", reason, "error", error, "attempts", count, "at", at, NULL);
+	cmd_send(s->loop.q, &c);
 }
 
-/* Sends the record of a decided change: HSET migrated, SADD seen and
- * PUBLISH for a created user; a dead-letter per event of a dead one;
- * HDEL attempts last. Returns how many commands it sent. */
-static int send_change_record(struct syncback *s, const struct batch *b, const struct change *ch, const char *at)
+/* batch_ops send_record: HSET migrated, SADD seen and PUBLISH for a
+ * created user; a dead-letter per event of a dead one. Returns how many
+ * commands it sent. */
+static int send_change_record(void *ctx, const struct batch *b, const struct delivery *d, const char *at)
 {
+	struct syncback *s = ctx;
+	const struct change *ch = (const struct change *)d;
 	struct command c = { 0 };
 	int n = 0;
-	if (ch->outcome == OUTCOME_DELIVERED && ch->created && !ch->deleted && !ch->stale) {
-		const char *cmds[][4] = { { "HSET", s->migrated_key, ch->user, at },
-					  { "SADD", s->seen_key, ch->user, NULL },
-					  { "PUBLISH", s->changed_channel, ch->user, NULL } };
-		for (int k = 0; k < 3; k++, n++) {
-			for (int a = 0; a < 4 && cmds[k][a]; a++)
-				cmd_str(&c, cmds[k][a]);
-			cmd_send(s->q, &c);
+	if (d->outcome == OUTCOME_DELIVERED && ch->created && !ch->deleted && !ch->stale) {
+		cmd_strs(&c, "HSET", s->migrated_key, d->user, at, NULL);
+		cmd_send(s->loop.q, &c);
+		cmd_strs(&c, "SADD", s->seen_key, d->user, NULL);
+		cmd_send(s->loop.q, &c);
+		cmd_strs(&c, "PUBLISH", s->changed_channel, d->user, NULL);
+		cmd_send(s->loop.q, &c);
+		n = 3;
+	}
+	for (size_t i = 0; d->outcome == OUTCOME_DEAD && i < b->nentries; i++) {
+		if (event_at(b, i)->base.d == d) {
+			send_dead_letter(s, event_at(b, i), d->reason, d->error, d->attempts, at);
+			n++;
 		}
 	}
-	for (size_t i = 0; ch->outcome == OUTCOME_DEAD && i < b->nevents; i++, n += b->events[i - 1].change == ch)
-		if (b->events[i].change == ch)
-			send_dead_letter(s, &b->events[i], ch->reason ? ch->reason : "attempts", ch->error, ch->attempts,
-					 at);
-	cmd_str(&c, "HDEL");
-	cmd_str(&c, s->attempts_key);
-	cmd_str(&c, ch->user);
-	cmd_send(s->q, &c);
-	return n + 1;
+	return n;
 }
 
-/* Reads n replies; *ok is whether all were accepted. Returns -1 when the
- * connection failed. */
-static int read_replies(struct syncback *s, int n, bool *ok)
+/* batch_ops send_dead_entry: a malformed event's dead-letter. */
+static void send_dead_event(void *ctx, const struct batch_entry *entry, const char *at)
 {
-	*ok = true;
-	while (n-- > 0) {
-		redisReply *r;
-		if (consumer_next_reply(s->q, "recording outcomes", &r) < 0)
-			return -1;
-		if (r->type == REDIS_REPLY_ERROR) {
-			consumer_refused(s->q, "a record", r);
-			*ok = false;
-		}
-		freeReplyObject(r);
-	}
-	return 0;
-}
-
-/* The records of decided changes and malformed events, in one round
- * trip. Returns -1 when the connection failed. */
-static int write_records(struct syncback *s, struct batch *b)
-{
-	char at[24];
-	int *counts = xcalloc(b->nchanges + 1, sizeof(*counts));
-	snprintf(at, sizeof(at), "%lld", (long long)(clock_realtime_us() / 1000));
-	for (size_t i = 0; i < b->nchanges; i++) {
-		const struct change *ch = b->changes[i];
-		if (!ch->recorded && (ch->outcome == OUTCOME_DELIVERED || ch->outcome == OUTCOME_DEAD))
-			counts[i] = send_change_record(s, b, ch, at);
-	}
-	for (size_t i = 0; i < b->nevents; i++)
-		if (b->events[i].malformed[0] && !b->events[i].recorded)
-			send_dead_letter(s, &b->events[i], b->events[i].reason, b->events[i].malformed, 0, at);
-	int rc = 0;
-	for (size_t i = 0; i < b->nchanges && rc == 0; i++)
-		if (counts[i] > 0)
-			rc = read_replies(s, counts[i], &b->changes[i]->recorded);
-	for (size_t i = 0; i < b->nevents && rc == 0; i++)
-		if (b->events[i].malformed[0] && !b->events[i].recorded)
-			rc = read_replies(s, 1, &b->events[i].recorded);
-	free(counts);
-	return rc;
-}
-
-static bool ackable(const struct event *e)
-{
-	return !e->acked && (e->change ? e->change->recorded : e->recorded);
-}
-
-/* XACK of the entries whose outcome is durable. */
-static int ack_events(struct syncback *s, struct batch *b)
-{
-	const char **ids = xcalloc(b->nevents + 1, sizeof(*ids));
-	int *streams = xcalloc(b->nevents + 1, sizeof(*streams));
-	size_t n = 0;
-	for (size_t i = 0; i < b->nevents; i++)
-		if (ackable(&b->events[i]))
-			ids[n++] = b->events[i].id;
-	int rc = n > 0 ? consumer_ack(s->q, n, streams, ids) : 0;
-	for (size_t i = 0; i < b->nevents && rc == 0; i++)
-		if (ackable(&b->events[i]))
-			b->events[i].acked = true;
-	free(ids);
-	free(streams);
-	return rc;
+	const struct event *e = (const struct event *)entry;
+	send_dead_letter(ctx, e, e->reason, e->malformed, 0, at);
 }
 
 /* ---- the loop --------------------------------------------------------------- */
@@ -860,79 +700,66 @@ static int ack_events(struct syncback *s, struct batch *b)
 static void report(const struct syncback *s, const struct batch *b)
 {
 	char text[LOG_EXCERPT + 4];
-	for (size_t i = 0; i < b->nevents; i++) {
-		const struct event *e = &b->events[i];
-		if (e->malformed[0] == '\0' || !e->recorded)
+	for (size_t i = 0; i < b->nentries; i++) {
+		const struct event *e = event_at(b, i);
+		if (e->malformed[0] == '\0' || !e->base.recorded)
 			continue;
-		user_excerpt(e->user ? e->user : "", e->user_len, text);
-		log_warn("event %s of %s (user '%s'): %s: dead-lettered (%s)", e->id, s->sb->stream, text, e->malformed,
-			 e->reason);
-		metrics_error("event %s: %s", e->id, e->malformed);
+		user_excerpt(e->base.user ? e->base.user : "", e->base.user_len, text);
+		log_warn("event %s of %s (user '%s'): %s: dead-lettered (%s)", e->base.id, s->sb->stream, text,
+			 e->malformed, e->reason);
+		metrics_error("event %s: %s", e->base.id, e->malformed);
 		metrics_count(COUNT_DEAD, 1);
 		metrics_count(strcmp(e->reason, "mapping") == 0 ? COUNT_MAPPING : COUNT_MALFORMED, 1);
 	}
-	for (size_t i = 0; i < b->nchanges; i++) {
-		const struct change *c = b->changes[i];
-		if (c->outcome == OUTCOME_DELIVERED && c->recorded) {
-			log_debug("user %s: version %" PRId64 " in legacy (%s)", c->user, c->version, c->error);
+	for (size_t i = 0; i < b->nusers; i++) {
+		const struct change *c = change_at(b, i);
+		if (c->d.outcome == OUTCOME_DELIVERED && c->d.recorded) {
+			log_debug("user %s: version %" PRId64 " in legacy (%s)", c->d.user, c->version, c->d.error);
 			metrics_count(COUNT_SB_APPLIED, 1);
 			metrics_count(COUNT_SB_CREATED, c->created && !c->deleted && !c->stale);
 			metrics_count(COUNT_SB_DELETED, c->deleted);
-		} else if (c->outcome == OUTCOME_DEAD && c->recorded) {
+		} else if (c->d.outcome == OUTCOME_DEAD && c->d.recorded) {
 			log_error("user %s: events up to version %" PRId64 " dead-lettered after %lld attempts: %s",
-				  c->user, c->version, c->attempts, c->error);
-			metrics_error("user %s: %s", c->user, c->error);
+				  c->d.user, c->version, c->d.attempts, c->d.error);
+			metrics_error("user %s: %s", c->d.user, c->d.error);
 			metrics_count(COUNT_DEAD, 1);
 			metrics_count(COUNT_ATTEMPTS, 1);
-		} else if (c->outcome == OUTCOME_RETRY) {
-			log_warn("user %s: attempt %lld of %d failed, left pending: %s", c->user, c->attempts,
-				 s->cfg->attempts, c->error);
-			metrics_error("user %s: %s", c->user, c->error);
+		} else if (c->d.outcome == OUTCOME_RETRY) {
+			log_warn("user %s: attempt %lld of %d failed, left pending: %s", c->d.user, c->d.attempts,
+				 s->cfg->attempts, c->d.error);
+			metrics_error("user %s: %s", c->d.user, c->d.error);
 			metrics_count(COUNT_FAILED, 1);
-			metrics_count(COUNT_SB_WRITE_ERRORS, strcmp(c->reason, "attempts") == 0);
+			metrics_count(COUNT_SB_WRITE_ERRORS, strcmp(c->d.reason, "attempts") == 0);
 		}
 	}
 }
 
-/* Attempts, records and acks, reconnecting as needed. Returns -1 if
- * stopped before Redis had it all. */
-static int record(struct syncback *s, struct batch *b)
+/* batch_ops process: steps 2 to 4 (see the top of this file). */
+static int process(void *ctx, struct batch *b)
 {
+	struct syncback *s = ctx;
 	int outages = 0;
-	while (consumer_ready(s->q) < 0 || count_attempts(s, b) < 0 || write_records(s, b) < 0 || ack_events(s, b) < 0)
-		if (consumer_wait_outage(s->q, &outages) < 0)
+	collect_changes(b);
+	while (consumer_ready(s->loop.q) < 0 || check_deleted(s, b) < 0)
+		if (consumer_wait_outage(s->loop.q, &outages) < 0)
 			return -1;
+	if (write_legacy(s, b) < 0 || batch_record(&s->loop, b) < 0) {
+		log_info("stopping during an outage: the events not acked stay pending");
+		return -1;
+	}
+	report(s, b);
 	return 0;
 }
 
-/* Steps 2 to 4 (see the top of this file). */
-static void process(struct syncback *s, struct batch *b)
-{
-	int outages = 0;
-	size_t claimed = 0;
-	for (size_t i = 0; i < b->nevents; i++)
-		claimed += b->events[i].claimed;
-	metrics_count(COUNT_PROCESSED, b->nevents);
-	metrics_count(COUNT_RETRIED, claimed);
-	int64_t started = clock_monotonic_us();
-	collect_changes(b);
-	while (consumer_ready(s->q) < 0 || check_deleted(s, b) < 0)
-		if (consumer_wait_outage(s->q, &outages) < 0)
-			return;
-	if (write_legacy(s, b) < 0 || record(s, b) < 0) {
-		log_info("stopping during an outage: the events not acked stay pending");
-		return;
-	}
-	report(s, b);
-	metrics_batch_latency(clock_monotonic_us() - started);
-	bool retry = false;
-	for (size_t i = 0; i < b->nchanges; i++)
-		retry = retry || b->changes[i]->outcome == OUTCOME_RETRY;
-	if (retry)
-		consumer_sleep(s->q, consumer_backoff_ms(s->q, ++s->failing_batches));
-	else
-		s->failing_batches = 0;
-}
+static const struct batch_ops syncback_batches = {
+	.take = take_event,
+	.entry_size = sizeof(struct event),
+	.process = process,
+	.strict = true,
+	.send_record = send_change_record,
+	.send_dead_entry = send_dead_event,
+	.clear = clear_batch,
+};
 
 /* The age in ms of the entry id, against Redis's clock now_ms (which
  * stamped it). */
@@ -959,10 +786,10 @@ static const redisReply *info_get(const redisReply *map, const char *name)
  */
 static void measure_lag(struct syncback *s)
 {
-	if (clock_monotonic_us() < s->next_lag_us || consumer_ready(s->q) < 0)
+	if (clock_monotonic_us() < s->next_lag_us || consumer_ready(s->loop.q) < 0)
 		return;
 	s->next_lag_us = clock_monotonic_us() + LAG_EVERY_US;
-	redisContext *redis = consumer_redis(s->q);
+	redisContext *redis = consumer_redis(s->loop.q);
 	redisReply *time = redisCommand(redis, "TIME");
 	redisReply *groups = redisCommand(redis, "XINFO GROUPS %s", s->sb->stream);
 	redisReply *pending = redisCommand(redis, "XPENDING %s %s", s->sb->stream, GROUP);
@@ -1000,21 +827,6 @@ static void measure_lag(struct syncback *s)
 		freeReplyObject(pending);
 }
 
-static void turn(struct syncback *s)
-{
-	struct batch b = { 0 };
-	void *ctx[2] = { s, &b };
-	measure_lag(s);
-	int rc = consumer_read(s->q, take_event, ctx);
-	if (b.nevents > 0)
-		process(s, &b);
-	if (rc < 0 && b.nevents == 0)
-		consumer_wait_outage(s->q, &s->failing_reads);
-	else if (rc == 0)
-		s->failing_reads = 0;
-	batch_free(&b);
-}
-
 static char *key_of(const struct migrate_config *cfg, const char *suffix)
 {
 	struct buf k;
@@ -1027,7 +839,7 @@ static void syncback_free(struct syncback *s)
 {
 	if (s == NULL)
 		return;
-	consumer_free(s->q);
+	consumer_free(s->loop.q);
 	if (s->pool)
 		mongoc_client_pool_destroy(s->pool);
 	if (s->wc)
@@ -1056,8 +868,10 @@ static struct syncback *syncback_new(const struct migrate_config *cfg, const vol
 	s->changed_channel = key_of(cfg, "migrated:changed");
 	consumer_options_init(&o, cfg, GROUP);
 	o.streams[o.nstreams++] = s->sb->stream;
-	s->q = consumer_new(cfg->redis_url, &o, stop, err, errlen);
-	s->pool = s->q ? mongo_pool_new(cfg->legacy.uri, s->sb->wtimeout_ms + 5000, err, errlen) : NULL;
+	s->loop = (struct batch_loop){ .ops = &syncback_batches, .ctx = s, .attempts_key = s->attempts_key,
+				       .attempts = cfg->attempts };
+	s->loop.q = consumer_new(cfg->redis_url, &o, stop, err, errlen);
+	s->pool = s->loop.q ? mongo_pool_new(cfg->legacy.uri, s->sb->wtimeout_ms + 5000, err, errlen) : NULL;
 	if (s->pool == NULL) {
 		syncback_free(s);
 		return NULL;
@@ -1091,8 +905,10 @@ int syncback_run(const struct migrate_config *cfg, const volatile sig_atomic_t *
 		 cfg->legacy.database, cfg->legacy.collection, sb->deletes == SYNCBACK_DELETE ? "delete" : "tombstone",
 		 sb->w < 0 ? "majority" : w, cfg->batch,
 		 sb->metrics_file ? ", metrics in " : "", sb->metrics_file ? sb->metrics_file : "");
-	while (!*stop)
-		turn(s);
+	while (!*stop) {
+		measure_lag(s);
+		batch_turn(&s->loop);
+	}
 	log_info("stopped: %llu events processed, %llu users' changes applied, %llu dead-lettered",
 		 metrics_get(COUNT_PROCESSED), metrics_get(COUNT_SB_APPLIED), metrics_get(COUNT_DEAD));
 	metrics_stop();

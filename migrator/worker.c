@@ -42,8 +42,9 @@
  * in hand is finished and the loop ends; a wait for an outage ends at
  * once, leaving that batch's entries pending for whoever comes next.
  *
- * The reading, acking and outage waits are consumer.c's, shared with
- * sync-back. The backfill (backfill.c) uses a worker from worker_new for
+ * The reading and outage waits are consumer.c's; the turn and step 5,
+ * but for what a record is (send_record), are batch.c's: both shared
+ * with sync-back. The backfill (backfill.c) uses a worker from worker_new for
  * its Redis commands and outage waits (through worker_consumer), and
  * worker_deliver for steps 3 to 5 of users it read from legacy itself,
  * with no stream entries to ack.
@@ -63,28 +64,13 @@ enum stream { STREAM_PRIORITY, STREAM_NORMAL, NSTREAMS };
 
 /* One stream entry of a batch. */
 struct entry {
-	enum stream stream;
-	char *id;
-	bool claimed;        /* taken over by XAUTOCLAIM */
-	char *user;          /* the user field as sent, or NULL */
-	size_t user_len;
-	const char *malformed; /* why the user field is unusable, or NULL */
-	struct delivery *d;  /* the user's delivery; NULL when malformed */
-	bool recorded;       /* malformed: its dead-letter entry is written */
-	bool acked;
-};
-
-struct batch {
-	struct entry *entries;
-	size_t nentries;
-	struct delivery **users; /* distinct users, priority ones first */
-	size_t nusers;
-	int64_t started_us;
+	struct batch_entry base; /* d NULL: malformed */
+	const char *malformed;   /* why the user field is unusable, or NULL */
 };
 
 struct worker {
 	const struct migrate_config *cfg;
-	struct consumer *q;
+	struct batch_loop loop; /* its consumer, q, is the worker's */
 	struct legacy *legacy;
 	struct sink *sink;
 	char *streams[NSTREAMS];
@@ -92,8 +78,6 @@ struct worker {
 	char *attempts_key;
 	char *migrated_key;
 	char *changed_channel;
-	int failing_batches; /* consecutive batches with a retry */
-	int failing_reads;   /* consecutive turns that could not read */
 };
 
 /* Sets d's outcome, reason (for a dead-letter) and error text. */
@@ -194,33 +178,28 @@ void user_excerpt(const char *s, size_t len, char out[LOG_EXCERPT + 4])
 
 /* ---- batches ---------------------------------------------------------- */
 
-/* consumer_take_fn: adds one entry to the batch ctx. */
-static void take_entry(void *ctx, int stream, const char *id, const redisReply *fields, bool claimed)
+static struct entry *entry_at(const struct batch *b, size_t i)
 {
-	struct batch *b = ctx;
-	const char *user;
-	size_t len;
-	b->entries = xrealloc(b->entries, (b->nentries + 1) * sizeof(*b->entries));
-	struct entry *e = &b->entries[b->nentries++];
-	memset(e, 0, sizeof(*e));
-	e->stream = (enum stream)stream;
-	e->id = xstrdup(id);
-	e->claimed = claimed;
-	if (entry_user(fields, &user, &len, &e->malformed) < 0 && user == NULL)
-		return;
-	e->user = xstrndup(user, len);
-	e->user_len = len;
+	return (struct entry *)batch_entry_at(b, i);
+}
+
+/* batch_ops take: what is wrong with the user field, if anything. */
+static void take_entry(void *ctx, struct batch_entry *e, const redisReply *fields, const char *why)
+{
+	(void)ctx;
+	(void)fields;
+	((struct entry *)e)->malformed = why;
 }
 
 static int compare_entry_users(const void *a, const void *b)
 {
-	const struct entry *x = *(struct entry *const *)a, *y = *(struct entry *const *)b;
+	const struct batch_entry *x = *(struct batch_entry *const *)a, *y = *(struct batch_entry *const *)b;
 	int c = strcmp(x->user, y->user);
-	return c != 0 ? c : (int)x->stream - (int)y->stream;
+	return c != 0 ? c : x->stream - y->stream;
 }
 
 /* A new delivery for the entries byuser[i..] of one user. */
-static struct delivery *user_delivery(struct entry **byuser, size_t i, size_t n)
+static struct delivery *user_delivery(struct batch_entry **byuser, size_t i, size_t n)
 {
 	struct delivery *d = xcalloc(1, sizeof(*d));
 	d->user = xstrdup(byuser[i]->user);
@@ -237,11 +216,11 @@ static struct delivery *user_delivery(struct entry **byuser, size_t i, size_t n)
  */
 static void collect_users(struct batch *b)
 {
-	struct entry **byuser = xcalloc(b->nentries + 1, sizeof(*byuser));
+	struct batch_entry **byuser = xcalloc(b->nentries + 1, sizeof(*byuser));
 	size_t n = 0;
 	for (size_t i = 0; i < b->nentries; i++)
-		if (b->entries[i].malformed == NULL)
-			byuser[n++] = &b->entries[i];
+		if (entry_at(b, i)->malformed == NULL)
+			byuser[n++] = batch_entry_at(b, i);
 	qsort(byuser, n, sizeof(*byuser), compare_entry_users);
 	b->users = xcalloc(n + 1, sizeof(*b->users));
 	for (int pass = 0; pass < 2; pass++) {
@@ -253,19 +232,6 @@ static void collect_users(struct batch *b)
 		}
 	}
 	free(byuser);
-}
-
-static void batch_free(struct batch *b)
-{
-	for (size_t i = 0; i < b->nentries; i++) {
-		free(b->entries[i].id);
-		free(b->entries[i].user);
-	}
-	free(b->entries);
-	for (size_t i = 0; i < b->nusers; i++)
-		delivery_free(b->users[i]);
-	free(b->users);
-	memset(b, 0, sizeof(*b));
 }
 
 /* ---- a batch's way through -------------------------------------------- */
@@ -280,7 +246,7 @@ static int load_legacy(struct worker *w, struct batch *b)
 		log_warn("legacy: %s; %zu users wait, no attempt counted", err, b->nusers);
 		metrics_count(COUNT_LEGACY_ERRORS, 1);
 		metrics_error("legacy: %s", err);
-		if (consumer_wait_outage(w->q, &outages) < 0)
+		if (consumer_wait_outage(w->loop.q, &outages) < 0)
 			return -1;
 	}
 	return 0;
@@ -303,54 +269,6 @@ static void map_users(struct worker *w, struct batch *b)
 	}
 }
 
-static bool needs_count(const struct delivery *d)
-{
-	return !d->counted && (d->outcome == OUTCOME_RETRY || d->outcome == OUTCOME_DEAD);
-}
-
-/*
- * Round trip 1: HINCRBY attempts for each retry, HGET for each
- * dead-letter. A retry that reached retry.attempts becomes a dead-letter
- * with reason attempts. Returns -1 when the connection failed.
- */
-static int count_attempts(struct worker *w, struct batch *b)
-{
-	struct command c = { 0 };
-	size_t sent = 0;
-	for (size_t i = 0; i < b->nusers; i++) {
-		struct delivery *d = b->users[i];
-		if (!needs_count(d))
-			continue;
-		cmd_str(&c, d->outcome == OUTCOME_RETRY ? "HINCRBY" : "HGET");
-		cmd_str(&c, w->attempts_key);
-		cmd_str(&c, d->user);
-		if (d->outcome == OUTCOME_RETRY)
-			cmd_str(&c, "1");
-		cmd_send(w->q, &c);
-		sent++;
-	}
-	for (size_t i = 0; i < b->nusers && sent > 0; i++) {
-		struct delivery *d = b->users[i];
-		redisReply *r;
-		if (!needs_count(d))
-			continue;
-		if (consumer_next_reply(w->q, "counting attempts", &r) < 0)
-			return -1;
-		sent--;
-		if (r->type == REDIS_REPLY_INTEGER)
-			d->attempts = r->integer;
-		else if (r->type == REDIS_REPLY_STRING)
-			d->attempts = strtoll(r->str, NULL, 10);
-		else if (r->type == REDIS_REPLY_ERROR)
-			consumer_refused(w->q, d->outcome == OUTCOME_RETRY ? "HINCRBY" : "HGET", r);
-		d->counted = true;
-		if (d->outcome == OUTCOME_RETRY && d->attempts >= w->cfg->attempts)
-			d->reason = "attempts", d->outcome = OUTCOME_DEAD;
-		freeReplyObject(r);
-	}
-	return 0;
-}
-
 /* The dead-letter entry: user, reason, error, attempts, at. */
 static void send_dead_letter(struct worker *w, const char *user, size_t len, const char *reason,
 			     const char *error, long long attempts, const char *at)
@@ -358,136 +276,36 @@ static void send_dead_letter(struct worker *w, const char *user, size_t len, con
 	struct command c = { 0 };
 	char count[24];
 	snprintf(count, sizeof(count), "%lld", attempts);
-	cmd_str(&c, "XADD");
-	cmd_str(&c, w->dead_key);
-	cmd_str(&c, "*");
-	cmd_str(&c, "user");
+	cmd_strs(&c, "XADD", w->dead_key, "*", "user", NULL);
 	cmd_arg(&c, user, len);
-	cmd_str(&c, "reason");
-	cmd_str(&c, reason);
-	cmd_str(&c, "error");
-	cmd_str(&c, error);
-	cmd_str(&c, "attempts");
-	cmd_str(&c, count);
-	cmd_str(&c, "at");
-	cmd_str(&c, at);
-	cmd_send(w->q, &c);
+	cmd_strs(&c, "reason", reason, "error", error, "attempts", count, "at", at, NULL);
+	cmd_send(w->loop.q, &c);
 }
 
-/* Sends a user's record: 3 commands for a delivered user, 2 for a
- * dead-letter; the first is the one that must succeed. */
-static int send_record(struct worker *w, const struct delivery *d, const char *at)
+/* batch_ops send_record: HSET <p>:migrated and PUBLISH for a delivered
+ * user, the dead-letter entry for a dead one; the first is the one that
+ * must be accepted. */
+static int send_record(void *ctx, const struct batch *b, const struct delivery *d, const char *at)
 {
+	struct worker *w = ctx;
 	struct command c = { 0 };
-	if (d->outcome == OUTCOME_DELIVERED) {
-		cmd_str(&c, "HSET");
-		cmd_str(&c, w->migrated_key);
-		cmd_str(&c, d->user);
-		cmd_str(&c, at);
-		cmd_send(w->q, &c);
-		cmd_str(&c, "PUBLISH");
-		cmd_str(&c, w->changed_channel);
-		cmd_str(&c, d->user);
-		cmd_send(w->q, &c);
-	} else {
+	(void)b;
+	if (d->outcome != OUTCOME_DELIVERED) {
 		send_dead_letter(w, d->user, strlen(d->user), d->reason, d->error, d->attempts, at);
+		return 1;
 	}
-	cmd_str(&c, "HDEL");
-	cmd_str(&c, w->attempts_key);
-	cmd_str(&c, d->user);
-	cmd_send(w->q, &c);
-	return d->outcome == OUTCOME_DELIVERED ? 3 : 2;
+	cmd_strs(&c, "HSET", w->migrated_key, d->user, at, NULL);
+	cmd_send(w->loop.q, &c);
+	cmd_strs(&c, "PUBLISH", w->changed_channel, d->user, NULL);
+	cmd_send(w->loop.q, &c);
+	return 2;
 }
 
-static bool needs_record(const struct delivery *d)
+/* batch_ops send_dead_entry: a malformed entry's dead-letter. */
+static void send_dead_entry(void *ctx, const struct batch_entry *e, const char *at)
 {
-	return !d->recorded && (d->outcome == OUTCOME_DELIVERED || d->outcome == OUTCOME_DEAD);
-}
-
-/* Reads the n replies of one record; *ok is whether the first, the HSET
- * or XADD, was accepted. Returns -1 when the connection failed. */
-static int read_record(struct worker *w, int n, bool *ok)
-{
-	static const char *const what[] = { "the record", "PUBLISH", "HDEL" };
-	for (int k = 0; k < n; k++) {
-		redisReply *r;
-		if (consumer_next_reply(w->q, "recording outcomes", &r) < 0)
-			return -1;
-		if (r->type == REDIS_REPLY_ERROR)
-			consumer_refused(w->q, what[k == 0 ? 0 : k == n - 1 ? 2 : 1], r);
-		if (k == 0)
-			*ok = r->type != REDIS_REPLY_ERROR;
-		freeReplyObject(r);
-	}
-	return 0;
-}
-
-/* Round trip 2: each delivered or dead-lettered user's record, and each
- * malformed entry's dead-letter. Returns -1 when the connection failed. */
-static int write_records(struct worker *w, struct batch *b)
-{
-	char at[24];
-	int *counts = xcalloc(b->nusers + 1, sizeof(*counts));
-	snprintf(at, sizeof(at), "%lld", (long long)(clock_realtime_us() / 1000));
-	for (size_t i = 0; i < b->nusers; i++)
-		if (needs_record(b->users[i]))
-			counts[i] = send_record(w, b->users[i], at);
-	for (size_t i = 0; i < b->nentries; i++) {
-		const struct entry *e = &b->entries[i];
-		if (e->malformed && !e->recorded)
-			send_dead_letter(w, e->user ? e->user : "", e->user_len, "malformed", e->malformed, 0, at);
-	}
-	int rc = 0;
-	for (size_t i = 0; i < b->nusers && rc == 0; i++)
-		if (counts[i] > 0)
-			rc = read_record(w, counts[i], &b->users[i]->recorded);
-	for (size_t i = 0; i < b->nentries && rc == 0; i++)
-		if (b->entries[i].malformed && !b->entries[i].recorded)
-			rc = read_record(w, 1, &b->entries[i].recorded);
-	free(counts);
-	return rc;
-}
-
-/* Whether an entry may be acked: its user's outcome is in Redis. */
-static bool ackable(const struct entry *e)
-{
-	return !e->acked && (e->d ? e->d->recorded : e->recorded);
-}
-
-/* Round trip 3: XACK, then XDEL, of the entries whose record Redis
- * accepted: an acknowledged entry is done with (its outcome is in
- * migrated or in the dead-letter stream), and a stream that kept them
- * would grow by one entry per user forever. Returns -1 when the
- * connection failed. */
-static int ack_entries(struct worker *w, struct batch *b)
-{
-	const char **ids = xcalloc(b->nentries + 1, sizeof(*ids));
-	int *streams = xcalloc(b->nentries + 1, sizeof(*streams));
-	size_t n = 0;
-	for (size_t i = 0; i < b->nentries; i++) {
-		if (ackable(&b->entries[i])) {
-			streams[n] = (int)b->entries[i].stream;
-			ids[n++] = b->entries[i].id;
-		}
-	}
-	int rc = n > 0 ? consumer_ack(w->q, n, streams, ids) : 0;
-	for (size_t i = 0; i < b->nentries && rc == 0; i++)
-		if (ackable(&b->entries[i]))
-			b->entries[i].acked = true;
-	free(ids);
-	free(streams);
-	return rc;
-}
-
-/* Counts, records and acks, reconnecting as needed. Returns -1 if the
- * worker stopped before Redis had it all. */
-static int record(struct worker *w, struct batch *b)
-{
-	int outages = 0;
-	while (consumer_ready(w->q) < 0 || count_attempts(w, b) < 0 || write_records(w, b) < 0 || ack_entries(w, b) < 0)
-		if (consumer_wait_outage(w->q, &outages) < 0)
-			return -1;
-	return 0;
+	send_dead_letter(ctx, e->user ? e->user : "", e->user_len, "malformed", ((const struct entry *)e)->malformed,
+			 0, at);
 }
 
 /* The dead-letter counter of a reason. */
@@ -507,13 +325,13 @@ static void report(struct worker *w, const struct batch *b)
 {
 	char text[LOG_EXCERPT + 4];
 	for (size_t i = 0; i < b->nentries; i++) {
-		const struct entry *e = &b->entries[i];
-		if (e->malformed == NULL || !e->recorded)
+		const struct entry *e = entry_at(b, i);
+		if (e->malformed == NULL || !e->base.recorded)
 			continue;
-		user_excerpt(e->user ? e->user : "", e->user_len, text);
-		log_warn("entry %s of %s: user '%s' is malformed (%s): dead-lettered", e->id, w->streams[e->stream],
-			 text, e->malformed);
-		metrics_error("entry %s: malformed user (%s)", e->id, e->malformed);
+		user_excerpt(e->base.user ? e->base.user : "", e->base.user_len, text);
+		log_warn("entry %s of %s: user '%s' is malformed (%s): dead-lettered", e->base.id,
+			 w->streams[e->base.stream], text, e->malformed);
+		metrics_error("entry %s: malformed user (%s)", e->base.id, e->malformed);
 		metrics_count(COUNT_DEAD, 1);
 		metrics_count(COUNT_MALFORMED, 1);
 	}
@@ -540,15 +358,6 @@ static void report(struct worker *w, const struct batch *b)
 	}
 }
 
-/* Whether any user of b is left pending for a retry. */
-static bool has_retry(const struct batch *b)
-{
-	for (size_t i = 0; i < b->nusers; i++)
-		if (b->users[i]->outcome == OUTCOME_RETRY || b->users[i]->outcome == OUTCOME_DEFERRED)
-			return true;
-	return false;
-}
-
 /* Steps 3 to 5 for the users of b, their legacy documents loaded: the
  * mapping, the sink, Redis, and the report. Returns -1 if the worker
  * stopped before Redis had it all. */
@@ -556,7 +365,7 @@ static int deliver_users(struct worker *w, struct batch *b)
 {
 	map_users(w, b);
 	w->sink->deliver(w->sink, b->users, b->nusers);
-	if (record(w, b) < 0)
+	if (batch_record(&w->loop, b) < 0)
 		return -1;
 	report(w, b);
 	return 0;
@@ -576,47 +385,30 @@ int worker_deliver(struct worker *w, struct delivery **users, size_t n)
 	return deliver_users(w, &b);
 }
 
-/* Takes one batch all the way (see the top of this file). */
-static void process(struct worker *w, struct batch *b)
+/* batch_ops process: steps 2 to 5 (see the top of this file). */
+static int process(void *ctx, struct batch *b)
 {
-	size_t claimed = 0;
-	for (size_t i = 0; i < b->nentries; i++)
-		claimed += b->entries[i].claimed;
-	metrics_count(COUNT_PROCESSED, b->nentries);
-	metrics_count(COUNT_RETRIED, claimed);
-	b->started_us = clock_monotonic_us();
+	struct worker *w = ctx;
 	collect_users(b);
 	if (b->nusers > 0 && load_legacy(w, b) < 0) {
 		log_info("stopping during a legacy outage: %zu entries stay pending", b->nentries);
-		return;
+		return -1;
 	}
 	if (deliver_users(w, b) < 0) {
 		log_info("stopping during a Redis outage: the entries not acked stay pending");
-		return;
+		return -1;
 	}
-	metrics_batch_latency(clock_monotonic_us() - b->started_us);
-	log_debug("batch of %zu entries, %zu users, %zu taken over: %.1f ms", b->nentries, b->nusers, claimed,
-		  (double)(clock_monotonic_us() - b->started_us) / 1000.0);
-	if (has_retry(b))
-		consumer_sleep(w->q, consumer_backoff_ms(w->q, ++w->failing_batches));
-	else
-		w->failing_batches = 0;
+	return 0;
 }
 
-/* One turn: a batch of taken-over entries if a look for them is due and
- * finds some, else of new entries. */
-static void turn(struct worker *w)
-{
-	struct batch b = { 0 };
-	int rc = consumer_read(w->q, take_entry, &b);
-	if (b.nentries > 0)
-		process(w, &b);
-	if (rc < 0 && b.nentries == 0)
-		consumer_wait_outage(w->q, &w->failing_reads);
-	else if (rc == 0)
-		w->failing_reads = 0;
-	batch_free(&b);
-}
+static const struct batch_ops worker_batches = {
+	.take = take_entry,
+	.entry_size = sizeof(struct entry),
+	.process = process,
+	.strict = false,
+	.send_record = send_record,
+	.send_dead_entry = send_dead_entry,
+};
 
 /*
  * A worker for cfg that stops once *stop is set: its keys, the Redis
@@ -648,8 +440,10 @@ struct worker *worker_new(const struct migrate_config *cfg, const volatile sig_a
 	for (int s = 0; s < NSTREAMS; s++)
 		o.streams[o.nstreams++] = w->streams[s];
 	o.delete_acked = true;
-	w->q = consumer_new(cfg->redis_url, &o, stop, err, errlen);
-	if (w->q == NULL)
+	w->loop = (struct batch_loop){ .ops = &worker_batches, .ctx = w, .attempts_key = w->attempts_key,
+				       .attempts = cfg->attempts };
+	w->loop.q = consumer_new(cfg->redis_url, &o, stop, err, errlen);
+	if (w->loop.q == NULL)
 		goto fail;
 	w->legacy = legacy_open(cfg, err, errlen);
 	if (w->legacy == NULL)
@@ -671,7 +465,7 @@ void worker_free(struct worker *w)
 	if (w->sink)
 		w->sink->free(w->sink);
 	legacy_close(w->legacy);
-	consumer_free(w->q);
+	consumer_free(w->loop.q);
 	for (int s = 0; s < NSTREAMS; s++)
 		free(w->streams[s]);
 	free(w->dead_key);
@@ -684,7 +478,7 @@ void worker_free(struct worker *w)
 /* The Redis side of w: its consumer of the migrate streams. */
 struct consumer *worker_consumer(const struct worker *w)
 {
-	return w->q;
+	return w->loop.q;
 }
 
 /* The legacy reader of w. */
@@ -710,7 +504,7 @@ int worker_run(const struct migrate_config *cfg, const volatile sig_atomic_t *st
 		 cfg->legacy.collection, sink_type_name(cfg->sink), cfg->batch, cfg->claim_idle_ms, cfg->attempts,
 		 cfg->metrics_file ? ", metrics in " : "", cfg->metrics_file ? cfg->metrics_file : "");
 	while (!*stop)
-		turn(w);
+		batch_turn(&w->loop);
 	log_info("stopped: %llu entries processed, %llu users migrated, %llu dead-lettered",
 		 metrics_get(COUNT_PROCESSED), metrics_get(COUNT_MIGRATED), metrics_get(COUNT_DEAD));
 	metrics_stop();
