@@ -1387,20 +1387,22 @@ static void client_on_event(evutil_socket_t fd, short what, void *arg)
 }
 
 /* A write waited for its user (migrate-first): the user is migrated now
- * (decide again: to the service), or the wait is over (timeout). */
+ * (decide again: to the service), or the wait is over (timeout, or the
+ * proxy draining: handled as a timeout, with that reason). */
 static void client_end_wait(struct client *c, bool migrated)
 {
+	const char *reason = c->draining ? "migrate-draining" : "migrate-timeout";
 	client_unpark(c);
 	evtimer_del(c->timer);
 	c->state = CLIENT_BODY; /* the request is read; only the decision is missing */
 	if (migrated) {
 		client_route(c, NULL);
 	} else if (c->wait_timeout_status) {
-		c->req.reason = "migrate-timeout";
+		c->req.reason = reason;
 		client_fail(c, c->wait_timeout_status, "the user's migration did not finish in time");
 	} else {
 		c->req.upstream = UPSTREAM_LEGACY;
-		c->req.reason = "migrate-timeout";
+		c->req.reason = reason;
 		c->req.decided = true;
 		client_dispatch(c);
 	}
@@ -1436,13 +1438,17 @@ static void client_on_timer(evutil_socket_t fd, short what, void *arg)
 	client_drive(c);
 }
 
-/* SIGTERM: idle connections close now, busy ones after their request. */
+/* SIGTERM: idle connections close now, busy ones after their request;
+ * a write waiting for its user's migration stops waiting (as on its
+ * timeout), so that it is answered within the drain. */
 void client_drain(struct client *c)
 {
 	c->draining = true;
 	c->req.keep_alive = false;
 	if (c->state == CLIENT_HEAD && c->in.len == 0)
 		client_free(c);
+	else if (c->state == CLIENT_WAIT)
+		client_end_wait(c, false);
 }
 
 struct client *client_next(struct client *c)

@@ -29,6 +29,7 @@ import_service.py.
 import datetime
 import itertools
 import json
+import signal
 import sys
 import threading
 import time
@@ -437,6 +438,21 @@ def test_migrate_first(t, fx):
     r = p.request("PUT", "/api/users/mf1", body=b"{}")
     t.ok(r.route == "service" and r.elapsed < 1, "mf1's next write goes to the service at once", repr(r))
     w.stop()
+    # SIGTERM while a write waits (migrate_wait 10 s): it is answered within the drain.
+    s.seed(["mf-drain"])
+    th = threading.Thread(target=lambda: result.update(drain=p.request("PUT", "/api/users/mf-drain", body=b"{}",
+                                                                       timeout=15)))
+    th.start()
+    waiting = poll(lambda: s.entries("priority", "mf-drain"), 5)
+    p.send_signal(signal.SIGTERM)
+    th.join(15)
+    r = result.get("drain")
+    e = (p.access_entry(r.request_id, 2) if r is not None else None) or {}
+    t.ok(waiting and r is not None and (r.status, r.route) == (200, "legacy") and r.elapsed < 8
+         and e.get("reason") == "migrate-draining",
+         "SIGTERM while a migrate-first write waits: it stops waiting and goes to legacy as on its timeout "
+         "(reason migrate-draining), answered in %.2f s of a 10 s wait" % (r.elapsed if r else -1), repr((r, e)))
+    t.eq(p.wait(10), 0, "and the proxy then exits 0")
     s.close()
 
 
