@@ -54,6 +54,31 @@ static void label_routes(struct proxy_config *cfg)
 		cfg->routes[i].label = metrics_intern(cfg->routes[i].name);
 }
 
+/*
+ * A reload that names another Redis (URL or prefix) gets a new flag
+ * watcher for it. The flags in use stay until the new one has loaded
+ * (fail-static, as on any outage); the workers move their migration
+ * links when they pick the config up (worker_refresh).
+ */
+static void repoint_watcher(struct main_state *m, const struct proxy_config *cfg)
+{
+	struct proxy_config *old = config_slot_acquire(&m->proxy.config);
+	bool moved = strcmp(old->redis_url, cfg->redis_url) != 0 || strcmp(old->redis_prefix, cfg->redis_prefix) != 0;
+	config_unref(old);
+	if (!moved)
+		return;
+	char err[512];
+	struct flag_watcher *w =
+		flag_watcher_new(m->base, cfg->redis_url, cfg->redis_prefix, &m->proxy.flags, NULL, err, sizeof(err));
+	if (w == NULL) { /* the URL was checked with the file: not expected */
+		log_error("reload: cannot watch the new Redis, flags still come from the old one: %s", err);
+		return;
+	}
+	flag_watcher_free(m->watcher);
+	m->watcher = w;
+	log_info("reload: flags and migration now use Redis %s, prefix %s", cfg->redis_url, cfg->redis_prefix);
+}
+
 static void on_reload(evutil_socket_t sig, short what, void *arg)
 {
 	(void)sig, (void)what;
@@ -65,11 +90,10 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
 		return;
 	}
 	label_routes(cfg);
+	repoint_watcher(m, cfg);
 	config_slot_publish(&m->proxy.config, cfg);
-	log_info("reloaded %s: %zu routes (listen and admin addresses, workers, access_log and the Redis URL and "
-		 "prefix change only on restart)",
-		 m->config_path,
-		 cfg->nroutes);
+	log_info("reloaded %s: %zu routes (listen and admin addresses, workers and access_log change only on restart)",
+		 m->config_path, cfg->nroutes);
 }
 
 static void on_reopen(evutil_socket_t sig, short what, void *arg)

@@ -52,6 +52,7 @@ struct owed {
 struct migrate_link {
 	struct worker *w;
 	struct redis_url url;
+	char *target; /* the URL as configured, to notice a reload's new one */
 	char *prefix;
 	char *changed_channel;
 	redisAsyncContext *cmd;
@@ -230,6 +231,57 @@ static void link_connect(struct migrate_link *m)
 	redisAsyncCommand(m->sub, link_on_message, NULL, "SUBSCRIBE %s", m->changed_channel);
 }
 
+/* Points m at the Redis URL and prefix of cfg: its keys and channel. */
+static void link_target(struct migrate_link *m, const struct proxy_config *cfg)
+{
+	char err[256];
+	/* The URL was checked when the config was loaded. */
+	if (redis_url_parse(cfg->redis_url, &m->url, err, sizeof(err)) < 0)
+		abort();
+	m->prefix = xstrdup(cfg->redis_prefix);
+	struct buf channel;
+	buf_init(&channel);
+	flag_store_key(m->prefix, "migrated:changed", &channel);
+	m->changed_channel = buf_detach(&channel);
+}
+
+static void link_untarget(struct migrate_link *m)
+{
+	redis_url_free(&m->url);
+	free(m->prefix);
+	free(m->changed_channel);
+}
+
+/*
+ * A reload that names another Redis (URL or prefix): the link drops its
+ * connections and what it knew of the old store (seen, migrated) and
+ * connects to the new one at once. What it owes goes to the new one: it
+ * is where migration state lives now.
+ */
+void migrate_link_retarget(struct migrate_link *m, const struct proxy_config *cfg)
+{
+	if (m == NULL || (strcmp(m->prefix, cfg->redis_prefix) == 0 && strcmp(m->target, cfg->redis_url) == 0))
+		return;
+	/* Owed enqueues in flight come back to the queue (their callbacks
+	 * see no reply), for the new store. */
+	redis_async_drop(&m->cmd);
+	redis_async_drop(&m->sub);
+	m->subscribed = false;
+	m->inflight = 0;
+	evtimer_del(m->retry);
+	link_untarget(m);
+	free(m->target);
+	m->target = xstrdup(cfg->redis_url);
+	link_target(m, cfg);
+	idset_free(&m->seen);
+	idset_free(&m->migrated);
+	idset_init(&m->seen, (size_t)cfg->seen_cache, true);
+	idset_init(&m->migrated, 0, false);
+	m->backoff_ms = LINK_BACKOFF_MIN_MS;
+	log_info("worker %d: migration link moves to %s, prefix %s", m->w->index, cfg->redis_url, cfg->redis_prefix);
+	link_connect(m);
+}
+
 /*
  * The link of worker w, to the Redis of w's config; it connects in the
  * background and keeps reconnecting. Free with migrate_link_free.
@@ -237,16 +289,9 @@ static void link_connect(struct migrate_link *m)
 struct migrate_link *migrate_link_new(struct worker *w)
 {
 	struct migrate_link *m = xcalloc(1, sizeof(*m));
-	char err[256];
 	m->w = w;
-	/* The URL was checked when the config was loaded. */
-	if (redis_url_parse(w->cfg->redis_url, &m->url, err, sizeof(err)) < 0)
-		abort();
-	m->prefix = xstrdup(w->cfg->redis_prefix);
-	struct buf channel;
-	buf_init(&channel);
-	flag_store_key(m->prefix, "migrated:changed", &channel);
-	m->changed_channel = buf_detach(&channel);
+	m->target = xstrdup(w->cfg->redis_url);
+	link_target(m, w->cfg);
 	idset_init(&m->seen, (size_t)w->cfg->seen_cache, true);
 	idset_init(&m->migrated, 0, false);
 	idset_init(&m->prioritized, (size_t)w->cfg->seen_cache, true);
@@ -280,9 +325,8 @@ void migrate_link_free(struct migrate_link *m)
 	idset_free(&m->seen);
 	idset_free(&m->migrated);
 	idset_free(&m->prioritized);
-	redis_url_free(&m->url);
-	free(m->prefix);
-	free(m->changed_channel);
+	link_untarget(m);
+	free(m->target);
 	free(m);
 }
 

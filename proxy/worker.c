@@ -65,6 +65,7 @@ void worker_refresh(struct worker *w)
 		pthread_mutex_unlock(&w->breakers_lock);
 		free(stale);
 		upstream_pool_clear(w);
+		migrate_link_retarget(w->migrate, w->cfg);
 	}
 }
 
