@@ -88,7 +88,7 @@ struct change {
 	bool deleted;
 	struct field_change *fields;
 	size_t nfields;
-	bool stale;      /* deletes = delete: the user was deleted at a later version */
+	bool stale;      /* deleted at a later version (either deletes mode): not recorded again */
 };
 
 struct syncback {
@@ -489,20 +489,39 @@ static bool same_user(const struct syncback *s, const char *user, const char *pr
 	return oid ? strcasecmp(user, present) == 0 : strcmp(user, present) == 0;
 }
 
-/* The changes that only update and are still undecided: their users must
- * exist in legacy, or the update did nothing. Marks those missing as
- * retries. Returns 0, or -1 with err when the find failed. */
+/* Whether check_present looks c's user up: an update only (its user
+ * must exist), or with tombstones a create (a tombstone there means the
+ * create came after the delete). */
+static bool to_check(const struct syncback *s, const struct change *c)
+{
+	return c->d.outcome == OUTCOME_NONE && !c->deleted &&
+	       (!c->created || s->sb->deletes == SYNCBACK_TOMBSTONE);
+}
+
+/* Whether the legacy document doc carries sync-back's tombstone. */
+static bool tombstoned(const struct syncback *s, const bson_t *doc)
+{
+	char key[FIELD_KEY_MAX];
+	bson_iter_t it, del;
+	bson_iter_init(&it, doc);
+	return bson_iter_find_descendant(&it, state_key(s, "del", NULL, key), &del);
+}
+
+/* After the writes, the users of to_check: an update-only change whose
+ * user legacy lacks did nothing and becomes a retry; a create whose user
+ * was tombstoned is stale (not recorded as migrated again). Returns 0,
+ * or -1 with err when the find failed. */
 static int check_present(struct syncback *s, mongoc_collection_t *coll, struct batch *b, char *err, size_t errlen)
 {
 	bson_t filter = BSON_INITIALIZER, id, in, opts = BSON_INITIALIZER, proj;
-	char index[16];
+	char index[16], del_key[FIELD_KEY_MAX];
 	const char *key;
 	uint32_t n = 0;
 	BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &id);
 	BSON_APPEND_ARRAY_BEGIN(&id, "$in", &in);
 	for (size_t i = 0; i < b->nusers; i++) {
 		const struct change *c = change_at(b, i);
-		if (c->d.outcome != OUTCOME_NONE || c->created || c->deleted)
+		if (!to_check(s, c))
 			continue;
 		bson_uint32_to_string(n++, &key, index, sizeof(index));
 		legacy_append_id(&in, key, c->d.user, strlen(c->d.user), s->cfg->id_type);
@@ -511,6 +530,7 @@ static int check_present(struct syncback *s, mongoc_collection_t *coll, struct b
 	bson_append_document_end(&filter, &id);
 	BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
 	BSON_APPEND_INT32(&proj, "_id", 1);
+	BSON_APPEND_INT32(&proj, state_key(s, "del", NULL, del_key), 1);
 	bson_append_document_end(&opts, &proj);
 	int rc = 0;
 	if (n > 0) {
@@ -523,8 +543,12 @@ static int check_present(struct syncback *s, mongoc_collection_t *coll, struct b
 		while (mongoc_cursor_next(cur, &doc)) {
 			if (legacy_user_id(doc, present, &why) < 0)
 				continue;
-			for (size_t i = 0; i < b->nusers; i++)
-				found[i] = found[i] || same_user(s, b->users[i]->user, present);
+			for (size_t i = 0; i < b->nusers; i++) {
+				if (!same_user(s, b->users[i]->user, present))
+					continue;
+				found[i] = true;
+				change_at(b, i)->stale = change_at(b, i)->created && tombstoned(s, doc);
+			}
 		}
 		if (mongoc_cursor_error(cur, &error)) {
 			snprintf(err, errlen, "%s", error.message);

@@ -275,11 +275,16 @@ def test_tombstone(t, fx):
             "d2": state("d2", 2, 2)}
     t.eq(docs(db), want, "deletes = tombstone: deleted true and _cutover.del the version; a user legacy lacks "
          "gets a tombstone of its own")
+    k = keys(prefix)
+    recorded = fx.r.hget(k["migrated"], "d1")
     fx.send(prefix, event("UPDATED", "d1", 2, {"name": "late"}), created("d1", "x@example.com", "again"),
             created("d2", "d2@example.com", "D2"))
     done = poll(lambda: caught_up(fx.r, prefix), 10)
     t.ok(done and docs(db) == want, "a late update and late creates after the delete: acked, nothing changes",
          repr(docs(db)))
+    t.ok(recorded and fx.r.hget(k["migrated"], "d1") == recorded and not fx.r.hexists(k["migrated"], "d2"),
+         "and the late creates are not recorded as migrated again (d1 keeps its time, d2 is not recorded)",
+         "%r %r" % (fx.r.hget(k["migrated"], "d1"), fx.r.hget(k["migrated"], "d2")))
     t.ok(w.stop() == 0, "SIGTERM: exit 0", w.log_tail())
 
 
