@@ -47,76 +47,85 @@
 
 enum client_state { CLIENT_HEAD, CLIENT_BODY, CLIENT_WAIT, CLIENT_PROXY, CLIENT_CLOSING };
 
+/*
+ * What a client holds while it has a request in hand, from the first
+ * byte of its head to the end of its response: the parser, the head's
+ * index, the decision and the strings the log needs. Between requests
+ * a kept-alive client holds none: inline in struct client it made an
+ * idle connection cost 1,830 bytes instead of 551 (bench/idle_conns.py).
+ * The worker keeps those of finished requests for the next ones
+ * (request_take), so that the hot path does not pay a malloc for it.
+ */
 struct request {
+	/* Cleared by client_begin_request, up to id: */
 	int64_t start_us;
-	unsigned method;
-	bool keep_alive;
-	bool expect_continue;
+	int64_t upstream_start_us;
+	int64_t upstream_us;
+	uint64_t bytes_out;
+	uint64_t body_dropped; /* body bytes forwarded and dropped from in */
 	size_t user_len;
 	/* What the request needs of its route, copied: a reload may free the
 	 * config while the request is in flight. */
 	const char *route;    /* interned label, or NULL */
+	const char *reason;
+	unsigned method;
 	int route_index;
 	unsigned cfg_generation;
-	bool read_fallback;
 	int breaker_failures;
 	int breaker_open_ms;
 	enum upstream_kind upstream;
-	const char *reason;
 	int bucket; /* -1: not bucketed */
+	int status;
+	bool keep_alive;
+	bool expect_continue;
+	bool read_fallback;
 	bool fallback_allowed;
 	bool decided; /* upstream holds a decision (not a request the proxy refused) */
 	bool route_migrates; /* the route has migrate = true */
 	bool dechunk;       /* relay the decoded body (HTTP/1.0 client, chunked response) */
 	bool capture_created; /* create = legacy-first: find the new user's id in the response */
 	bool continue_sent; /* the proxy answered Expect: 100-continue itself */
-	int status;
-	uint64_t bytes_out;
-	int64_t upstream_start_us;
-	int64_t upstream_us;
 	bool response_started; /* response bytes reached the client's buffer */
-	bool request_sent;     /* the whole request reached the upstream's buffer */
-	/* The strings last: a new request clears the fields above and only
-	 * the first byte of these (clearing all of it was 110 instructions
-	 * per request, callgrind). */
+	bool body_streamed; /* body bytes were sent and dropped: not replayable */
+	/* The strings: a new request clears only their first byte (clearing
+	 * all of it was 110 instructions per request, callgrind). */
 	char id[65];
 	char user[ROUTE_USER_ID_MAX + 1];
 	char flag[FLAG_NAME_MAX + 1]; /* "" when none */
 	char created_field[FLAG_NAME_MAX + 1]; /* capture_created's JSON field, or "" for the Location header */
 	char created[ROUTE_USER_ID_MAX + 1];    /* the id from Location */
+	/* Set where they are used: */
+	struct client *park_next; /* in the worker's list of waiting writes */
+	uint64_t wait_hash;       /* the user it waits for */
+	int wait_timeout_status;  /* 0: go to legacy when the wait ends */
+	http_parser parser;
+	struct http_parse_target target;
+	struct buf body;     /* decoded, when the route reads the user id from it */
+	struct buf captured; /* a create's response body, when the new id is in it */
+	struct http_head head;
 };
 
 struct client {
 	struct worker *w;
 	struct client *prev, *next;
-	int fd;
 	struct event *ev;
 	struct event *timer;
-	char peer[INET6_ADDRSTRLEN];
+	struct buf in;
+	size_t parsed;    /* of in: consumed by the parser */
+	size_t forwarded; /* of in: copied to the upstream */
+	struct buf out;
+	size_t out_sent;
+	uint64_t moved;     /* bytes moved on either socket: client_drive's measure of progress */
+	struct upstream_conn *up;
+	struct request *req; /* NULL between requests (client_take_input, client_finish_request) */
+	int fd;
 	enum client_state state;
 	bool can_read;
 	bool can_write;
 	bool eof;
 	bool peer_closed; /* EPOLLRDHUP seen: read to the end */
 	bool draining;
-	bool body_streamed; /* body bytes were sent and dropped: not replayable */
-	uint64_t body_dropped; /* body bytes forwarded and dropped from in */
-	uint64_t moved;     /* bytes moved on either socket: client_drive's measure of progress */
-	struct buf in;
-	size_t parsed;    /* of in: consumed by the parser */
-	size_t forwarded; /* of in: copied to the upstream */
-	http_parser parser;
-	struct http_parse_target target;
-	struct http_head head;
-	struct buf body; /* decoded, when the route reads the user id from it */
-	struct buf out;
-	size_t out_sent;
-	struct buf captured; /* a create's response body, when the new id is in it */
-	struct upstream_conn *up;
-	struct request req;
-	struct client *park_next; /* in the worker's list of waiting writes */
-	uint64_t wait_hash;       /* the user it waits for */
-	int wait_timeout_status;  /* 0: go to legacy when the wait ends */
+	char peer[INET6_ADDRSTRLEN];
 	max_align_t events[];     /* where ev and timer live (client_accept) */
 };
 
@@ -164,13 +173,80 @@ static void spare_free(struct spare_bufs *s)
 		buf_free(&s->b[--s->n]);
 }
 
+/* ---- the request's state ------------------------------------------------- */
+
+/* Makes c's request state (c->req) ready for a new request. */
+static void client_begin_request(struct client *c)
+{
+	struct request *r = c->req;
+	http_parser_init(&r->parser, HTTP_REQUEST);
+	r->parser.data = &r->target;
+	http_head_reset(&r->head);
+	r->target = (struct http_parse_target){ &r->head, c->in.data, NULL, false };
+	buf_reset(&r->body);
+	memset(r, 0, offsetof(struct request, id));
+	r->id[0] = r->user[0] = r->flag[0] = r->created_field[0] = r->created[0] = '\0';
+	r->bucket = -1;
+}
+
+/*
+ * Gives c, which has none, the state for a new request: one its worker
+ * kept, or a new one. Called when the request's first bytes arrive.
+ * From malloc, this would be a malloc and a free of 1.2 KB per request
+ * on a kept-alive connection; a pop and a push cost a few instructions.
+ */
+static void request_take(struct client *c)
+{
+	struct spare_requests *s = &c->w->spare_req;
+	if (s->n > 0) {
+		c->req = s->r[--s->n];
+	} else {
+		c->req = xcalloc(1, sizeof(*c->req));
+		c->req->head.fields = c->req->head.inline_fields;
+		buf_init(&c->req->body);
+		buf_init(&c->req->captured);
+	}
+	client_begin_request(c);
+}
+
+/* Takes c's request state, if it has one, and keeps it for another
+ * client of the worker if there is room, else frees it. What it
+ * allocated (body, captured body, a long head's index) is freed: a
+ * spare must not hold more than its own size. Most requests allocated
+ * none of these, and the tests save three calls per request (30
+ * instructions, callgrind). */
+static void request_put(struct client *c)
+{
+	struct request *r = c->req;
+	struct spare_requests *s = &c->w->spare_req;
+	if (r == NULL)
+		return;
+	c->req = NULL;
+	if (r->body.data != NULL)
+		buf_free(&r->body);
+	if (r->captured.data != NULL)
+		buf_free(&r->captured);
+	if (r->head.fields != r->head.inline_fields)
+		http_head_free(&r->head);
+	if (s->n < SPARE_REQUESTS)
+		s->r[s->n++] = r;
+	else
+		free(r);
+}
+
+static void request_spare_free(struct spare_requests *s)
+{
+	while (s->n > 0)
+		free(s->r[--s->n]);
+}
+
 /* ---- lifetime ------------------------------------------------------------ */
 
 static void client_unpark(struct client *c)
 {
-	for (struct client **p = &c->w->parked; *p; p = &(*p)->park_next) {
+	for (struct client **p = &c->w->parked; *p; p = &(*p)->req->park_next) {
 		if (*p == c) {
-			*p = c->park_next;
+			*p = c->req->park_next;
 			break;
 		}
 	}
@@ -195,10 +271,8 @@ static void client_free(struct client *c)
 	event_del(c->timer);
 	close(c->fd);
 	spare_put(&w->spare_in, &c->in);
-	buf_free(&c->body);
 	spare_put(&w->spare_out, &c->out);
-	buf_free(&c->captured);
-	http_head_free(&c->head);
+	request_put(c);
 	free(c);
 }
 
@@ -207,19 +281,6 @@ static void client_arm_timer(struct client *c)
 	int ms = c->w->cfg->client_timeout_ms;
 	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
 	evtimer_add(c->timer, &tv);
-}
-
-static void client_begin_request(struct client *c)
-{
-	http_parser_init(&c->parser, HTTP_REQUEST);
-	c->parser.data = &c->target;
-	http_head_reset(&c->head);
-	c->target = (struct http_parse_target){ &c->head, c->in.data, NULL, false };
-	buf_reset(&c->body);
-	memset(&c->req, 0, offsetof(struct request, id));
-	c->req.id[0] = c->req.user[0] = c->req.flag[0] = c->req.created_field[0] = c->req.created[0] = '\0';
-	c->req.bucket = -1;
-	c->state = CLIENT_HEAD;
 }
 
 static void client_on_event(evutil_socket_t fd, short what, void *arg);
@@ -270,8 +331,8 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 	else
 		format_ipv4(&((const struct sockaddr_in *)addr)->sin_addr, c->peer);
 	buf_init(&c->in);
-	buf_init(&c->body);
 	buf_init(&c->out);
+	c->state = CLIENT_HEAD; /* no request state until its first bytes (client_take_input) */
 	event_assign(c->ev, w->base, fd, EV_READ | EV_WRITE | EV_CLOSED | EV_PERSIST | EV_ET, client_on_event, c);
 	evtimer_assign(c->timer, w->base, client_on_timer, c);
 	c->next = w->clients;
@@ -280,7 +341,6 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *addr, sockle
 	w->clients = c;
 	w->nclients++;
 	atomic_fetch_add_explicit(&w->metrics.open_connections, 1, memory_order_relaxed);
-	client_begin_request(c);
 	event_add(c->ev, NULL);
 	client_arm_timer(c);
 }
@@ -311,31 +371,32 @@ static void client_request_id(struct client *c);
  */
 static void client_fail(struct client *c, int status, const char *reason)
 {
-	if (c->req.response_started) {
+	struct request *r = c->req;
+	if (r->response_started) {
 		/* Too late for a status: the client has part of a response. */
-		c->req.status = c->req.status ? c->req.status : status;
+		r->status = r->status ? r->status : status;
 		c->state = CLIENT_CLOSING;
 		c->out_sent = c->out.len;
 		access_log_write(c);
 		return;
 	}
-	if (c->req.id[0] == '\0')
+	if (r->id[0] == '\0')
 		client_request_id(c); /* refused before its head was complete */
 	struct buf body;
 	buf_init(&body);
 	buf_printf(&body, "{\"error\":");
 	json_put_string(&body, reason, strlen(reason));
-	buf_printf(&body, ",\"status\":%d,\"request_id\":\"%s\"}\n", status, c->req.id);
+	buf_printf(&body, ",\"status\":%d,\"request_id\":\"%s\"}\n", status, r->id);
 	buf_printf(&c->out, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
 			    "Connection: close\r\nX-Request-Id: %s\r\n\r\n",
-		   status, status_text(status), body.len, c->req.id);
-	if (c->req.method != METHOD_HEAD)
+		   status, status_text(status), body.len, r->id);
+	if (r->method != METHOD_HEAD)
 		buf_append(&c->out, body.data, body.len);
 	buf_free(&body);
-	c->req.status = status;
-	c->req.response_started = true;
-	if (c->req.reason == NULL)
-		c->req.reason = "error";
+	r->status = status;
+	r->response_started = true;
+	if (r->reason == NULL)
+		r->reason = "error";
 	if (c->up) {
 		upstream_release(c->up, false);
 		c->up = NULL;
@@ -348,7 +409,7 @@ static void client_fail(struct client *c, int status, const char *reason)
 
 static void access_log_write(struct client *c)
 {
-	struct request *r = &c->req;
+	struct request *r = c->req;
 	const char *route = r->route ? r->route : metrics_intern("-");
 	const char *upstream = r->decided ? upstream_kind_name(r->upstream) : "-";
 	metrics_count_request(&c->w->metrics, route, upstream, r->reason ? r->reason : "error",
@@ -361,10 +422,10 @@ static void access_log_write(struct client *c)
 	struct buf line;
 	buf_init(&line);
 	buf_printf(&line, "{\"time\":\"%s\",\"request_id\":\"%s\",\"client\":\"%s\",\"method\":", when, r->id, c->peer);
-	const char *method = http_method_str(c->parser.method);
+	const char *method = http_method_str(r->parser.method);
 	json_put_string(&line, method, strlen(method));
 	BUF_PUT_LITERAL(&line, ",\"path\":");
-	json_put_string(&line, c->in.data + c->head.url.off, c->head.url.len);
+	json_put_string(&line, c->in.data + r->head.url.off, r->head.url.len);
 	BUF_PUT_LITERAL(&line, ",\"user\":");
 	if (r->user_len)
 		json_put_string(&line, r->user, r->user_len);
@@ -403,7 +464,8 @@ static bool secrets_equal(const char *a, size_t alen, const char *b)
 static bool client_forced(struct client *c, const struct proxy_config *cfg)
 {
 	size_t len;
-	const char *v = cfg->force_header ? http_header_value(&c->head, c->in.data, cfg->force_header, &len) : NULL;
+	const struct http_head *h = &c->req->head;
+	const char *v = cfg->force_header ? http_header_value(h, c->in.data, cfg->force_header, &len) : NULL;
 	if (v == NULL)
 		return false;
 	for (int k = 0; k < UPSTREAM_COUNT; k++) {
@@ -411,8 +473,8 @@ static bool client_forced(struct client *c, const struct proxy_config *cfg)
 		size_t n = strlen(name);
 		if (len > n + 1 && strncasecmp(v, name, n) == 0 && v[n] == ' ' &&
 		    secrets_equal(v + n + 1, len - n - 1, cfg->force_secret)) {
-			c->req.upstream = (enum upstream_kind)k;
-			c->req.reason = "force";
+			c->req->upstream = (enum upstream_kind)k;
+			c->req->reason = "force";
 			return true;
 		}
 	}
@@ -433,7 +495,7 @@ static bool breaker_allows(struct worker *w, int route_index)
 
 static void breaker_record(struct client *c, bool ok)
 {
-	const struct request *r = &c->req;
+	const struct request *r = c->req;
 	if (!r->read_fallback || r->upstream != UPSTREAM_SERVICE || !(r->method & METHODS_READ) ||
 	    r->cfg_generation != c->w->cfg_generation)
 		return; /* not a guarded read, or its config was replaced since */
@@ -466,14 +528,15 @@ static void copy_string(char *dst, size_t n, const char *src)
  * pointing into c->in (valid until c->in grows). */
 static void client_path_view(const struct client *c, struct http_view *view)
 {
-	const char *url = c->in.data + c->head.url.off;
-	const char *q = memchr(url, '?', c->head.url.len);
+	const struct request *r = c->req;
+	const char *url = c->in.data + r->head.url.off;
+	const char *q = memchr(url, '?', r->head.url.len);
 	*view = (struct http_view){
-		.method = c->req.method,
+		.method = r->method,
 		.path = url,
-		.path_len = q ? (size_t)(q - url) : c->head.url.len,
+		.path_len = q ? (size_t)(q - url) : r->head.url.len,
 		.query = q ? q + 1 : NULL,
-		.query_len = q ? c->head.url.len - (size_t)(q - url) - 1 : 0,
+		.query_len = q ? r->head.url.len - (size_t)(q - url) - 1 : 0,
 	};
 }
 
@@ -510,15 +573,15 @@ static int client_decide(struct client *c, const struct route_match *at_head)
 {
 	struct worker *w = c->w;
 	const struct proxy_config *cfg = w->cfg;
-	struct request *r = &c->req;
+	struct request *r = c->req;
 	struct http_header_view views[HTTP_MAX_HEADERS];
-	http_headers_view(&c->head, c->in.data, views);
+	http_headers_view(&r->head, c->in.data, views);
 	struct http_view view;
 	client_path_view(c, &view);
 	view.headers = views;
-	view.nheaders = c->head.nheaders;
-	view.body = c->body.len ? c->body.data : NULL;
-	view.body_len = c->body.len;
+	view.nheaders = r->head.nheaders;
+	view.body = r->body.len ? r->body.data : NULL;
+	view.body_len = r->body.len;
 	struct route_match fresh;
 	const struct route_match *m = at_head;
 	if (m == NULL) {
@@ -592,9 +655,9 @@ static int client_decide(struct client *c, const struct route_match *at_head)
 		migrate_priority(w->migrate, r->user, r->user_len);
 		if (!read && m->route->migrate_first) {
 			c->state = CLIENT_WAIT;
-			c->wait_hash = idset_hash(r->user, r->user_len);
-			c->wait_timeout_status = m->route->migrate_timeout_status;
-			c->park_next = w->parked;
+			r->wait_hash = idset_hash(r->user, r->user_len);
+			r->wait_timeout_status = m->route->migrate_timeout_status;
+			r->park_next = w->parked;
 			w->parked = c;
 			int ms = m->route->migrate_wait_ms;
 			struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
@@ -650,11 +713,12 @@ static void put_random_hex(char *out, uint64_t r)
 
 static void client_request_id(struct client *c)
 {
+	struct request *r = c->req;
 	size_t len;
-	const char *v = HTTP_HEADER_VALUE(&c->head, c->in.data, "X-Request-Id", &len);
+	const char *v = HTTP_HEADER_VALUE(&r->head, c->in.data, "X-Request-Id", &len);
 	if (v && request_id_ok(v, len)) {
-		memcpy(c->req.id, v, len);
-		c->req.id[len] = '\0';
+		memcpy(r->id, v, len);
+		r->id[len] = '\0';
 		return;
 	}
 	/* xorshift per worker: unique enough to find a request in the logs,
@@ -662,25 +726,26 @@ static void client_request_id(struct client *c)
 	uint64_t *s = &c->w->rng;
 	uint64_t a = (*s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17);
 	uint64_t b = (*s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17);
-	put_random_hex(c->req.id, a);
-	put_random_hex(c->req.id + 16, b);
-	c->req.id[32] = '\0';
+	put_random_hex(r->id, a);
+	put_random_hex(r->id + 16, b);
+	r->id[32] = '\0';
 }
 
 /* The request head as the upstream gets it. */
 static void client_write_upstream_head(struct client *c, struct buf *out)
 {
+	const struct request *r = c->req;
 	const char *base = c->in.data;
 	/* Plain appends on the request path: formatting with printf cost
 	 * about 6% of the proxy's CPU (bench/, callgrind). */
-	buf_puts(out, http_method_str(c->parser.method));
+	buf_puts(out, http_method_str(r->parser.method));
 	buf_putc(out, ' ');
-	buf_append(out, base + c->head.url.off, c->head.url.len);
+	buf_append(out, base + r->head.url.off, r->head.url.len);
 	BUF_PUT_LITERAL(out, " HTTP/1.1\r\n");
 	/* One pass over the headers: the first Host (hop-by-hop or not) is
 	 * remembered, X-Forwarded-For is only noted, the proxy's own headers
 	 * and the hop-by-hop ones are dropped. */
-	const struct http_head *h = &c->head;
+	const struct http_head *h = &r->head;
 	size_t host_len = 0;
 	const char *host = NULL;
 	bool forwarded_for = false;
@@ -695,7 +760,7 @@ static void client_write_upstream_head(struct client *c, struct buf *out)
 		}
 		if (http_is_hop(h, i) || HTTP_HEAD_IS(h, base, i, "X-Forwarded-Proto") ||
 		    HTTP_HEAD_IS(h, base, i, "X-Forwarded-Host") || HTTP_HEAD_IS(h, base, i, "X-Request-Id") ||
-		    (c->req.continue_sent && HTTP_HEAD_IS(h, base, i, "Expect")))
+		    (r->continue_sent && HTTP_HEAD_IS(h, base, i, "Expect")))
 			continue;
 		http_append_header(out, h, base, i);
 	}
@@ -716,7 +781,7 @@ static void client_write_upstream_head(struct client *c, struct buf *out)
 		BUF_PUT_LITERAL(out, "\r\n");
 	}
 	BUF_PUT_LITERAL(out, "X-Request-Id: ");
-	buf_puts(out, c->req.id);
+	buf_puts(out, r->id);
 	BUF_PUT_LITERAL(out, "\r\n\r\n");
 }
 
@@ -803,42 +868,43 @@ static int write_from(int fd, struct buf *b, size_t *sent, bool *can_write, uint
  * at the end of the head, it has not yet consumed the final LF. */
 static size_t client_head_end(const struct client *c)
 {
-	return c->head.head_len;
+	return c->req->head.head_len;
 }
 
 /* Runs the parser over unparsed input. Returns -1 after answering a
  * malformed request. */
 static int client_parse(struct client *c)
 {
-	while (c->parsed < c->in.len && !c->head.message_done) {
-		bool had_head = c->head.complete;
-		if (HTTP_PARSER_ERRNO(&c->parser) == HPE_PAUSED)
-			http_parser_pause(&c->parser, 0);
-		c->target.base = c->in.data;
-		size_t n = http_parser_execute(&c->parser, http_request_settings(), c->in.data + c->parsed,
+	struct request *r = c->req;
+	while (c->parsed < c->in.len && !r->head.message_done) {
+		bool had_head = r->head.complete;
+		if (HTTP_PARSER_ERRNO(&r->parser) == HPE_PAUSED)
+			http_parser_pause(&r->parser, 0);
+		r->target.base = c->in.data;
+		size_t n = http_parser_execute(&r->parser, http_request_settings(), c->in.data + c->parsed,
 					       c->in.len - c->parsed);
 		c->parsed += n;
-		enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
+		enum http_errno e = HTTP_PARSER_ERRNO(&r->parser);
 		if (e != HPE_OK && e != HPE_PAUSED) {
 			char why[160];
 			snprintf(why, sizeof(why), "malformed request: %s",
-				 c->head.folded ? "a header line folded onto the next (obs-fold)" : http_errno_description(e));
-			client_fail(c, c->head.too_many ? 431 : 400, c->head.too_many ? "too many request headers" : why);
+				 r->head.folded ? "a header line folded onto the next (obs-fold)" : http_errno_description(e));
+			client_fail(c, r->head.too_many ? 431 : 400, r->head.too_many ? "too many request headers" : why);
 			return -1;
 		}
-		if (c->head.complete && !had_head) {
-			c->head.head_len = (uint32_t)c->parsed + 1;
+		if (r->head.complete && !had_head) {
+			r->head.head_len = (uint32_t)c->parsed + 1;
 			return 0; /* the caller routes before any body is parsed */
 		}
 	}
 	return 0;
 }
 
-/* Sends the request in hand to c->req.upstream: the rewritten head, and
+/* Sends the request in hand to c->req->upstream: the rewritten head, and
  * whatever body has been parsed so far. */
 static void client_dispatch(struct client *c)
 {
-	struct request *r = &c->req;
+	struct request *r = c->req;
 	char err[256];
 	struct upstream_conn *u = upstream_get(c->w, r->upstream, err, sizeof(err));
 	if (u == NULL) {
@@ -869,7 +935,7 @@ static void client_dispatch(struct client *c)
 static void client_route(struct client *c, const struct route_match *m)
 {
 	if (client_decide(c, m) == 0) {
-		c->req.decided = true;
+		c->req->decided = true;
 		client_dispatch(c);
 	}
 }
@@ -882,8 +948,8 @@ static void client_route(struct client *c, const struct route_match *m)
  */
 static void client_upstream_failed(struct client *c, struct upstream_conn *u, int status, const char *why)
 {
-	struct request *r = &c->req;
-	bool replayable = !r->response_started && !c->body_streamed && (r->method & METHODS_READ);
+	struct request *r = c->req;
+	bool replayable = !r->response_started && !r->body_streamed && (r->method & METHODS_READ);
 	/* A pooled connection the upstream had closed fails at once (502),
 	 * before any byte of an answer; a timeout says the upstream is slow,
 	 * and asking it again would only double its load. */
@@ -918,31 +984,31 @@ static void client_on_head(struct client *c)
 {
 	worker_refresh(c->w);
 	const struct proxy_config *cfg = c->w->cfg;
-	struct request *r = &c->req;
-	const char *method = http_method_str(c->parser.method);
+	struct request *r = c->req;
+	const char *method = http_method_str(r->parser.method);
 	r->start_us = clock_monotonic_us();
-	if (c->parser.http_major != 1) {
+	if (r->parser.http_major != 1) {
 		client_fail(c, 400, "HTTP/1.0 or HTTP/1.1 required");
 		return;
 	}
 	r->method = http_method_bit(method, strlen(method));
-	r->keep_alive = http_should_keep_alive(&c->parser) && !c->draining;
+	r->keep_alive = http_should_keep_alive(&r->parser) && !c->draining;
 	client_request_id(c);
-	http_mark_hop_by_hop(&c->head, c->in.data, cfg->force_header);
+	http_mark_hop_by_hop(&r->head, c->in.data, cfg->force_header);
 	size_t len;
-	const char *expect = HTTP_HEADER_VALUE(&c->head, c->in.data, "Expect", &len);
+	const char *expect = HTTP_HEADER_VALUE(&r->head, c->in.data, "Expect", &len);
 	r->expect_continue = expect && len == 12 && strncasecmp(expect, "100-continue", 12) == 0;
-	if ((c->parser.flags & F_CONTENTLENGTH) && c->parser.content_length > cfg->max_body_bytes) {
+	if ((r->parser.flags & F_CONTENTLENGTH) && r->parser.content_length > cfg->max_body_bytes) {
 		client_fail(c, 413, "request body over the limit");
 		return;
 	}
 	struct http_view view;
 	client_path_view(c, &view);
 	struct route_match m;
-	if (route_match(cfg, &view, &m) && route_needs_body(m.route) && c->parser.content_length != 0) {
+	if (route_match(cfg, &view, &m) && route_needs_body(m.route) && r->parser.content_length != 0) {
 		/* The user id is in the body: read all of it before choosing
 		 * (and match again then, the buffer may move). */
-		c->target.body = &c->body;
+		r->target.body = &r->body;
 		c->state = CLIENT_BODY;
 		if (r->expect_continue) {
 			BUF_PUT_LITERAL(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
@@ -959,7 +1025,7 @@ static void client_on_head(struct client *c)
 static void client_write_response_head(struct client *c, struct upstream_conn *u)
 {
 	const char *base = u->in.data;
-	struct request *r = &c->req;
+	struct request *r = c->req;
 	/* Room for the response read so far and what the proxy adds to its
 	 * head, at once: growing from nothing by doubling took four reallocs
 	 * per response, 5% of a request without keep-alive (callgrind). */
@@ -976,7 +1042,7 @@ static void client_write_response_head(struct client *c, struct upstream_conn *u
 	BUF_PUT_LITERAL(&c->out, "\r\n");
 	/* An HTTP/1.0 client cannot read chunked framing: it gets the
 	 * decoded body, delimited by the close. */
-	bool old_client = c->parser.http_minor == 0;
+	bool old_client = r->parser.http_minor == 0;
 	r->dechunk = old_client && (u->parser.flags & F_CHUNKED);
 	http_mark_hop_by_hop(&u->head, base, r->dechunk ? "Transfer-Encoding" : NULL);
 	http_append_headers(&c->out, &u->head, base);
@@ -1002,8 +1068,8 @@ static void client_write_response_head(struct client *c, struct upstream_conn *u
 		size_t loc_len;
 		const char *loc = HTTP_HEADER_VALUE(&u->head, base, "Location", &loc_len);
 		if (r->created_field[0] != '\0' && !r->dechunk) {
-			buf_reset(&c->captured);
-			u->target.body = &c->captured;
+			buf_reset(&r->captured);
+			u->target.body = &r->captured;
 		} else if (r->created_field[0] == '\0' && loc != NULL) {
 			/* The last segment of the path: /api/users/u42 -> u42 */
 			const char *end = memchr(loc, '?', loc_len) ? memchr(loc, '?', loc_len) : loc + loc_len;
@@ -1025,14 +1091,14 @@ static void client_write_response_head(struct client *c, struct upstream_conn *u
  * a field of the JSON body) and put the user on the migrate stream. */
 static void client_enqueue_created(struct client *c)
 {
-	struct request *r = &c->req;
+	struct request *r = c->req;
 	char id[ROUTE_USER_ID_MAX + 1] = "", why[256];
 	size_t len = 0;
 	if (r->created_field[0] != '\0') {
 		struct user_source source = { USER_FROM_BODY, r->created_field };
 		struct route route = { .sources = &source, .nsources = 1 };
 		struct route_match m = { .route = &route };
-		struct http_view view = { .body = c->captured.data, .body_len = c->captured.len };
+		struct http_view view = { .body = r->captured.data, .body_len = r->captured.len };
 		if (route_user_id(&m, &view, id, &len, why, sizeof(why)) != USER_ID_FOUND)
 			len = 0;
 	} else if (flag_user_id_check(r->created, strlen(r->created), why, sizeof(why)) == 0) {
@@ -1053,11 +1119,11 @@ static void client_enqueue_created(struct client *c)
 static void client_finish_request(struct client *c)
 {
 	struct upstream_conn *u = c->up;
-	struct request *r = &c->req;
+	struct request *r = c->req;
 	r->upstream_us = clock_monotonic_us() - r->upstream_start_us;
 	metrics_observe_latency(&c->w->metrics, r->upstream, r->upstream_us);
 	breaker_record(c, r->status < 500);
-	bool request_sent = c->head.message_done && c->forwarded == c->parsed && u->out.len == 0;
+	bool request_sent = r->head.message_done && c->forwarded == c->parsed && u->out.len == 0;
 	upstream_release(u, request_sent && http_should_keep_alive(&u->parser));
 	c->up = NULL;
 	/* A write legacy took, for a user the service has or is being given
@@ -1071,23 +1137,26 @@ static void client_finish_request(struct client *c)
 	if (ok && r->capture_created)
 		client_enqueue_created(c);
 	access_log_write(c);
-	if (!r->keep_alive || !c->head.message_done) {
+	if (!r->keep_alive || !r->head.message_done) {
 		c->state = CLIENT_CLOSING;
 		return;
 	}
 	/* Drop the finished request; a pipelined next one is parsed at once.
-	 * An idle keep-alive connection gives its buffers back: thousands of
-	 * idle clients should cost their sockets, not 16 KiB each. */
+	 * An idle keep-alive connection gives its buffers and its request
+	 * state back: thousands of idle clients should cost their sockets,
+	 * not 16 KiB each. The next request takes them when it arrives. */
 	memmove(c->in.data, c->in.data + c->parsed, c->in.len - c->parsed);
 	c->in.len -= c->parsed;
-	if (c->in.len == 0)
-		spare_put(&c->w->spare_in, &c->in);
-	buf_free(&c->body);
-	buf_free(&c->captured);
 	c->parsed = c->forwarded = 0;
-	c->body_streamed = false;
-	c->body_dropped = 0;
-	client_begin_request(c);
+	c->state = CLIENT_HEAD;
+	if (c->in.len == 0) {
+		spare_put(&c->w->spare_in, &c->in);
+		request_put(c);
+	} else {
+		buf_free(&r->body);
+		buf_free(&r->captured);
+		client_begin_request(c);
+	}
 	client_arm_timer(c);
 }
 
@@ -1125,11 +1194,11 @@ static int client_relay_response(struct client *c, struct upstream_conn *u)
 			u->relayed = head_end;
 			continue;
 		}
-		if (u->head_written && c->req.dechunk) {
+		if (u->head_written && c->req->dechunk) {
 			u->relayed = u->parsed; /* on_body has put the decoded bytes in c->out */
 		} else if (u->head_written && u->parsed > u->relayed) {
 			buf_append(&c->out, u->in.data + u->relayed, u->parsed - u->relayed);
-			c->req.bytes_out += u->parsed - u->relayed;
+			c->req->bytes_out += u->parsed - u->relayed;
 			u->relayed = u->parsed;
 		}
 		if (u->head.message_done) {
@@ -1166,10 +1235,10 @@ static void client_pump_response(struct client *c)
 				http_parser_pause(&u->parser, 0);
 			http_parser_execute(&u->parser, http_response_settings(), NULL, 0);
 			if (u->head.message_done && u->head_written) {
-				c->req.keep_alive = false;
+				c->req->keep_alive = false;
 				client_finish_request(c);
-			} else if (c->req.response_started) {
-				log_warn("request %s: %s closed mid-response", c->req.id, upstream_kind_name(u->kind));
+			} else if (c->req->response_started) {
+				log_warn("request %s: %s closed mid-response", c->req->id, upstream_kind_name(u->kind));
 				client_fail(c, 502, "upstream closed mid-response");
 			} else {
 				client_upstream_failed(c, u, 502, "upstream closed the connection");
@@ -1247,7 +1316,7 @@ static int client_take_input(struct client *c)
 		limit = client_head_end(c) + cfg->max_body_bytes + 65536;
 		break;
 	case CLIENT_PROXY:
-		if (c->head.message_done || c->up->out.len - c->up->out_sent >= FORWARD_HIGH_WATER)
+		if (c->req->head.message_done || c->up->out.len - c->up->out_sent >= FORWARD_HIGH_WATER)
 			return 0;
 		limit = c->in.len + READ_CHUNK;
 		break;
@@ -1261,8 +1330,8 @@ static int client_take_input(struct client *c)
 				c->peer_closed = true;
 		}
 		if (c->peer_closed) {
-			c->req.status = 499;
-			c->req.reason = "client-gone";
+			c->req->status = 499;
+			c->req->reason = "client-gone";
 			access_log_write(c);
 			return -1;
 		}
@@ -1277,6 +1346,15 @@ static int client_take_input(struct client *c)
 		return -1;
 	if (eof)
 		c->eof = true;
+	if (c->req == NULL) {
+		/* Idle until now: a request begins with its first byte. A
+		 * wakeup without one leaves the client as idle as it was. */
+		if (c->in.len == 0) {
+			spare_put(&c->w->spare_in, &c->in);
+			return c->eof ? -1 : 0;
+		}
+		request_take(c);
+	}
 	/* New bytes restart the client's clock, unless they completed the
 	 * request: the upstream's clock runs then (client_dispatch stopped
 	 * the client's, client_decide set the wait's). Arming it first cost
@@ -1298,7 +1376,7 @@ static int client_use_input(struct client *c, size_t limit)
 		return 0;
 	switch (c->state) {
 	case CLIENT_HEAD:
-		if (c->head.complete) {
+		if (c->req->head.complete) {
 			client_on_head(c);
 		} else if (c->in.len > cfg->max_header_bytes) {
 			client_fail(c, 431, "request head over the limit");
@@ -1307,27 +1385,27 @@ static int client_use_input(struct client *c, size_t limit)
 		}
 		break;
 	case CLIENT_BODY:
-		if (c->body.len > cfg->max_body_bytes || (c->in.len >= limit && !c->head.message_done))
+		if (c->req->body.len > cfg->max_body_bytes || (c->in.len >= limit && !c->req->head.message_done))
 			client_fail(c, 413, "request body over the limit");
-		else if (c->head.message_done)
+		else if (c->req->head.message_done)
 			client_route(c, NULL);
 		else if (c->eof)
 			client_fail(c, 400, "request body cut short");
 		break;
 	case CLIENT_PROXY:
-		if (c->parsed - client_head_end(c) + c->body_dropped > cfg->max_body_bytes) {
+		if (c->parsed - client_head_end(c) + c->req->body_dropped > cfg->max_body_bytes) {
 			client_fail(c, 413, "request body over the limit");
 			break;
 		}
 		client_forward_body(c);
 		if (c->forwarded > client_head_end(c) && c->forwarded == c->parsed && c->parsed == c->in.len &&
-		    !c->head.message_done) {
+		    !c->req->head.message_done) {
 			/* Streamed: keep the head, drop body bytes already sent. */
-			c->body_dropped += c->parsed - client_head_end(c);
+			c->req->body_dropped += c->parsed - client_head_end(c);
 			c->in.len = c->parsed = c->forwarded = client_head_end(c);
-			c->body_streamed = true;
+			c->req->body_streamed = true;
 		}
-		if (c->eof && !c->head.message_done)
+		if (c->eof && !c->req->head.message_done)
 			client_fail(c, 400, "request body cut short");
 		break;
 	default:
@@ -1397,13 +1475,13 @@ static void client_end_wait(struct client *c, bool migrated)
 	c->state = CLIENT_BODY; /* the request is read; only the decision is missing */
 	if (migrated) {
 		client_route(c, NULL);
-	} else if (c->wait_timeout_status) {
-		c->req.reason = reason;
-		client_fail(c, c->wait_timeout_status, "the user's migration did not finish in time");
+	} else if (c->req->wait_timeout_status) {
+		c->req->reason = reason;
+		client_fail(c, c->req->wait_timeout_status, "the user's migration did not finish in time");
 	} else {
-		c->req.upstream = UPSTREAM_LEGACY;
-		c->req.reason = reason;
-		c->req.decided = true;
+		c->req->upstream = UPSTREAM_LEGACY;
+		c->req->reason = reason;
+		c->req->decided = true;
 		client_dispatch(c);
 	}
 	client_drive(c);
@@ -1414,8 +1492,8 @@ void client_user_migrated(struct worker *w, uint64_t h)
 {
 	struct client *c = w->parked;
 	while (c != NULL) {
-		struct client *next = c->park_next;
-		if (c->wait_hash == h)
+		struct client *next = c->req->park_next;
+		if (c->req->wait_hash == h)
 			client_end_wait(c, true);
 		c = next;
 	}
@@ -1444,7 +1522,8 @@ static void client_on_timer(evutil_socket_t fd, short what, void *arg)
 void client_drain(struct client *c)
 {
 	c->draining = true;
-	c->req.keep_alive = false;
+	if (c->req)
+		c->req->keep_alive = false;
 	if (c->state == CLIENT_HEAD && c->in.len == 0)
 		client_free(c);
 	else if (c->state == CLIENT_WAIT)
@@ -1463,4 +1542,5 @@ void client_close_all(struct worker *w)
 		client_free(w->clients);
 	spare_free(&w->spare_in);
 	spare_free(&w->spare_out);
+	request_spare_free(&w->spare_req);
 }

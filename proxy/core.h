@@ -82,6 +82,15 @@ struct spare_bufs {
 	int n;
 };
 
+/* The state of finished requests a worker keeps for the next ones (see
+ * conn.c: request_take). */
+#define SPARE_REQUESTS 32
+struct request;
+struct spare_requests {
+	struct request *r[SPARE_REQUESTS];
+	int n;
+};
+
 struct worker {
 	struct proxy *proxy;
 	int index;
@@ -111,6 +120,7 @@ struct worker {
 	struct worker_metrics metrics;
 	struct spare_bufs spare_in;  /* clients' input buffers */
 	struct spare_bufs spare_out; /* clients' output buffers */
+	struct spare_requests spare_req;
 	struct migrate_link *migrate;
 	uint64_t rng;
 };
