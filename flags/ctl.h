@@ -19,6 +19,7 @@ enum ctl_exit {
 	CTL_EXIT_NOT_SYNCED = 5,    /* --wait-synced: no sync-back, or it timed out */
 	CTL_EXIT_DEAD_LETTERED = 6, /* --wait-synced: changes were dead-lettered, not in legacy */
 	CTL_EXIT_DRIFT = 7,         /* migration verify: legacy and the service differ */
+	CTL_EXIT_NOT_RETRIED = 8,   /* migration dead retry --syncback: an event is gone, its entry left */
 };
 
 #define CTL_TIMEOUT_MS 2000
@@ -104,8 +105,10 @@ struct ctl_syncback {
 struct redisReply *ctl_command(struct flag_store *st, int *rc, const char *fmt, ...);
 long long ctl_reply_int(const struct redisReply *r);
 const struct redisReply *ctl_entry_field(const struct redisReply *entry, const char *name);
+int ctl_stream_exists(struct flag_store *st, const char *key, bool *exists);
 int ctl_stream_lag_read(struct flag_store *st, const char *key, const char *group, struct ctl_stream_lag *out);
 void ctl_stream_lag_free(struct ctl_stream_lag *l);
+void ctl_syncback_keys(const struct ctl *ctl, struct flag_store *st, struct buf *stream, struct buf *dead);
 int ctl_syncback_read(struct ctl *ctl, struct flag_store *st, bool mark, struct ctl_syncback *sb);
 void ctl_syncback_free(struct ctl_syncback *sb);
 void ctl_syncback_line(const struct ctl_syncback *sb, struct buf *out);

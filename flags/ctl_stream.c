@@ -244,6 +244,25 @@ static int read_oldest(struct flag_store *st, const char *key, const char *group
 }
 
 /*
+ * Whether the stream key exists (*exists); a key of another type is an
+ * error, printed, CTL_EXIT_INVALID. Returns an exit code.
+ */
+int ctl_stream_exists(struct flag_store *st, const char *key, bool *exists)
+{
+	int rc = CTL_EXIT_OK;
+	redisReply *r = ctl_command(st, &rc, "TYPE %s", key);
+	if (r == NULL)
+		return rc;
+	*exists = strcmp(r->str, "none") != 0;
+	if (*exists && strcmp(r->str, "stream") != 0) {
+		fprintf(stderr, "cutoverctl: %s is a %s, not a stream\n", key, r->str);
+		rc = CTL_EXIT_INVALID;
+	}
+	freeReplyObject(r);
+	return rc;
+}
+
+/*
  * Reads how far group is behind on the stream key into *out (freed with
  * ctl_stream_lag_free, also after an error). A stream that does not
  * exist has no lag (exists false); a key of another type is an error.
@@ -253,16 +272,7 @@ int ctl_stream_lag_read(struct flag_store *st, const char *key, const char *grou
 {
 	memset(out, 0, sizeof(*out));
 	id_copy(out->last_delivered, "0-0");
-	int rc = CTL_EXIT_OK;
-	redisReply *r = ctl_command(st, &rc, "TYPE %s", key);
-	if (r == NULL)
-		return rc;
-	out->exists = strcmp(r->str, "none") != 0;
-	if (out->exists && strcmp(r->str, "stream") != 0) {
-		fprintf(stderr, "cutoverctl: %s is a %s, not a stream\n", key, r->str);
-		rc = CTL_EXIT_INVALID;
-	}
-	freeReplyObject(r);
+	int rc = ctl_stream_exists(st, key, &out->exists);
 	if (rc != CTL_EXIT_OK || !out->exists)
 		return rc;
 	rc = read_counts(st, key, group, out);
@@ -292,6 +302,19 @@ static const char mark_script[] =
 	"end\n"
 	"return {last(KEYS[1]), last(KEYS[2])}\n";
 
+/* The events stream's key (--events, else <prefix>:service:events) and
+ * the dead-letter stream's, into stream and dead (reset first). */
+void ctl_syncback_keys(const struct ctl *ctl, struct flag_store *st, struct buf *stream, struct buf *dead)
+{
+	if (ctl->events) {
+		buf_reset(stream);
+		buf_puts(stream, ctl->events);
+	} else {
+		flag_store_key(flag_store_prefix(st), "service:events", stream);
+	}
+	flag_store_key(flag_store_prefix(st), "syncback:dead", dead);
+}
+
 /*
  * Reads sync-back's state into *sb: the events stream (--events, else
  * <prefix>:service:events), its `syncback` group's lag, and the size of
@@ -304,11 +327,7 @@ int ctl_syncback_read(struct ctl *ctl, struct flag_store *st, bool mark, struct 
 	memset(sb, 0, sizeof(*sb));
 	buf_init(&sb->stream);
 	buf_init(&sb->dead_stream);
-	if (ctl->events)
-		buf_puts(&sb->stream, ctl->events);
-	else
-		flag_store_key(flag_store_prefix(st), "service:events", &sb->stream);
-	flag_store_key(flag_store_prefix(st), "syncback:dead", &sb->dead_stream);
+	ctl_syncback_keys(ctl, st, &sb->stream, &sb->dead_stream);
 	id_copy(sb->mark, "0-0");
 	id_copy(sb->dead_mark, "0-0");
 	int rc = CTL_EXIT_OK;

@@ -14,9 +14,19 @@ XADD-to-dead-letter commands (the contract of `cutover-migrate syncback`):
     is pending); events dead-lettered meanwhile (exit 6, named); no group
     (exit 5 at once); option errors
   - `migration status`: the sync-back section, text and JSON
+  - `migration dead --syncback list | retry [ID...]`: the dead letters,
+    text and JSON; retry of all and of one user (a copy of the event on
+    the events stream, the dead letter and attempts gone, the group
+    delivering it again); an event trimmed meanwhile (entry left, exit
+    8); unknown users; two retries at once moving each entry once; and
+    end to end with the real `cutover-migrate syncback` and legacy
+    MongoDB (tests/mongo_double.py, or CUTOVER_TEST_MONGO_URI): an
+    update dead-lettered as not-in-legacy, applied after the retry
 """
+
 import json
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -28,8 +38,13 @@ from harness import PREFIX, Process, ctl_argv, poll, run_ctl  # noqa: E402
 GROUP = "syncback"
 EXIT_NOT_SYNCED = 5
 EXIT_DEAD_LETTERED = 6
+EXIT_INVALID = 4
+EXIT_NOT_RETRIED = 8
 LINE = re.compile(r"^sync-back: legacy may be up to (\d+) events / (\d+\.\d) s behind "
                   r"\((\d+) pending, (\d+) not yet read; (\d+) dead-lettered\)$")
+# `migration dead --syncback list`: time, the dead letter's id, its fields.
+DEAD_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (\d+-\d+) event=(\S+) user=(\S+) type=(\S+) "
+                       r"version=(\d+) reason=(\S+) attempts=(\d+) error=(.*)$")
 
 
 def events_key(prefix):
@@ -38,6 +53,10 @@ def events_key(prefix):
 
 def dead_key(prefix):
     return prefix + ":syncback:dead"
+
+
+def attempts_key(prefix):
+    return prefix + ":syncback:attempts"
 
 
 def add_events(r, key, users, ids=None):
@@ -518,13 +537,199 @@ def test_status(t, srv, r):
          "migration status --events KEY reads that stream instead", out)
 
 
+# --- migration dead --syncback ----------------------------------------------------
+
+def dead_ids(r, prefix):
+    """The dead-letter stream as [(user, the event's id)]."""
+    return [(f["user"], f["entry"]) for _, f in r.xrange(dead_key(prefix))]
+
+
+def dead(prefix, *args, json_out=False):
+    return run_ctl("migration", "dead", "--syncback", *args, prefix=prefix, json=json_out)
+
+
+def dead_lettered(r, prefix, users, reason="not-in-legacy"):
+    """Events of users, read by the syncback group and dead-lettered as
+    sync-back does (attempts counted on the way): {user: event id}."""
+    key = events_key(prefix)
+    ids = add_events(r, key, users)
+    read(r, key, "c1", len(users))
+    fields = {e_id: f for e_id, f in r.xrange(key)}
+    for e_id in ids:
+        user = fields[e_id]["user"]
+        r.hset(attempts_key(prefix), user, "3")
+        dead_letter(r, prefix, key, e_id, fields[e_id], reason=reason, error="no user %s in legacy" % user)
+    return dict(zip(users, ids))
+
+
+def test_dead_list(t, srv, r):
+    p, key = grouped(r, "dl")
+    rc, out, err = dead(p, "list")
+    t.ok(rc == 0 and out == "0 dead-letter entries in %s\n" % dead_key(p)
+         and "no dead-letter stream %s: nothing was dead-lettered" % dead_key(p) in err,
+         "dead --syncback list without a dead-letter stream: 0 entries, exit 0, says there is no stream",
+         "exit %s out %r err %r" % (rc, out, err))
+    ids = dead_lettered(r, p, ["la", "lb"])
+    dl_ids = [e_id for e_id, _ in r.xrange(dead_key(p))]
+    rc, out, err = dead(p, "list")
+    lines = out.splitlines()
+    got = [DEAD_LINE.match(line) for line in lines[:-1]]
+    t.ok(rc == 0 and len(lines) == 3 and all(got)
+         and [m.group(2, 3, 4, 5, 6, 7, 8, 9) for m in got]
+         == [(dl_ids[0], ids["la"], "la", "USER_UPDATED", "1", "not-in-legacy", "3", "no user la in legacy"),
+             (dl_ids[1], ids["lb"], "lb", "USER_UPDATED", "2", "not-in-legacy", "3", "no user lb in legacy")]
+         and lines[-1] == "2 dead-letter entries in %s" % dead_key(p),
+         "dead --syncback list: time, entry id, event, user, type, version, reason, attempts, error; then the count",
+         "exit %s out %r err %r" % (rc, out, err))
+    rc, out, err = dead(p, "list", json_out=True)
+    docs = [jline(line) for line in out.splitlines()]
+    t.ok(rc == 0 and docs == [{"entry": dl_ids[i], "time": got[i].group(1) if got[i] else "?", "event": ids[u],
+                               "user": u, "type": "USER_UPDATED", "version": str(i + 1), "reason": "not-in-legacy",
+                               "attempts": "3", "error": "no user %s in legacy" % u}
+                              for i, u in enumerate(("la", "lb"))],
+         "--json: one object per entry (entry, time, event, user, type, version, reason, attempts, error)",
+         "exit %s out %r" % (rc, out))
+    rc, out, err = run_ctl("migration", "dead", "list", prefix=p)
+    t.ok(rc == 0 and out == "0 dead-letter entries in %s:migrate:dead\n" % p,
+         "without --syncback, dead list is still the migrate stream's (none here)", out + err)
+    r.set(p + ":syncback:dead", "x")
+    rc, out, err = dead(p, "list")
+    t.ok(rc == EXIT_INVALID and "%s is a string, not a stream" % dead_key(p) in err,
+         "a dead-letter key of another type: exit 4, naming its type", "exit %s err %r" % (rc, err))
+    rc, out, err = run_ctl("migration", "dead", "--syncback", "show", prefix=p)
+    t.ok(rc == 1 and "expected list, or retry [ID...]" in err and "usage: cutoverctl migration dead" in err,
+         "an unknown sub-verb is a usage error (exit 1)", err)
+
+
+def test_dead_retry(t, srv, r):
+    p, key = grouped(r, "dr")
+    ids = dead_lettered(r, p, ["ra", "rb", "rc"])
+    r.hset(attempts_key(p), "other", "2")
+    dl = {f["user"]: e_id for e_id, f in r.xrange(dead_key(p))}
+    before = r.xlen(key)
+    rc, out, err = dead(p, "retry", "nobody")
+    t.ok(rc == EXIT_INVALID and "no dead-letter entry for user 'nobody' in %s" % dead_key(p) in err
+         and r.xlen(key) == before and r.xlen(dead_key(p)) == 3,
+         "retry of a user without a dead letter: exit 4, named, nothing moved", "exit %s err %r" % (rc, err))
+    rc, out, err = dead(p, "retry", "rb")
+    copy = r.xrange(key)[-1]
+    lines = out.splitlines()
+    t.ok(rc == 0 and lines == ["%s user rb: event %s back on the events stream %s as %s" % (dl["rb"], ids["rb"], key,
+                                                                                             copy[0]),
+                               "1 dead-letter entries back on the events stream %s" % key],
+         "retry rb: names the dead letter, the event and the copy's new id, then the count",
+         "exit %s out %r err %r" % (rc, out, err))
+    original = r.xrange(key, ids["rb"], ids["rb"])
+    t.ok(r.xlen(key) == before + 1 and original and copy[1] == original[0][1] and id_le(ids["rc"], copy[0])
+         and copy[0] != ids["rb"],
+         "the copy: a new entry at the end of the events stream with the event's fields; the original stays",
+         "copy %r original %r" % (copy, original))
+    t.ok(dead_ids(r, p) == [("ra", ids["ra"]), ("rc", ids["rc"])]
+         and sorted(r.hkeys(attempts_key(p))) == ["other", "ra", "rc"],
+         "rb's dead letter is gone and its attempts cleared; the others' stay",
+         "%r %r" % (dead_ids(r, p), r.hgetall(attempts_key(p))))
+    t.eq(read(r, key, "c2", 10), [copy[0]], "the syncback group delivers the copy again (and nothing else)")
+    # rc's event trimmed off the events stream: ra goes back, rc stays.
+    r.xdel(key, ids["rc"])
+    rc, out, err = dead(p, "retry")
+    lines = out.splitlines()
+    new = r.xrange(key)[-1]
+    t.ok(rc == EXIT_NOT_RETRIED and len(lines) == 2
+         and lines[0] == "%s user ra: event %s back on the events stream %s as %s" % (dl["ra"], ids["ra"], key, new[0])
+         and lines[1] == "1 dead-letter entries back on the events stream %s; 1 left in %s" % (key, dead_key(p))
+         and "%s user rc: event %s is no longer in %s (trimmed): left in %s" % (dl["rc"], ids["rc"], key, dead_key(p))
+         in err,
+         "retry (all) with rc's event trimmed: ra back, rc named on stderr and left, exit 8",
+         "exit %s out %r err %r" % (rc, out, err))
+    t.ok(dead_ids(r, p) == [("rc", ids["rc"])] and sorted(r.hkeys(attempts_key(p))) == ["other", "rc"]
+         and new[1]["user"] == "ra",
+         "rc's dead letter and attempts stay; ra's are cleared", "%r %r" % (dead_ids(r, p), r.hgetall(attempts_key(p))))
+    rc, out, err = dead(p, "retry", "rc", json_out=True)
+    docs = [jline(line) for line in out.splitlines()]
+    t.ok(rc == EXIT_NOT_RETRIED and docs == [{"entry": dl["rc"], "user": "rc", "event": ids["rc"],
+                                               "retried_as": None, "left": "event gone"},
+                                              {"retried": 0, "left": 1}],
+         "--json retry rc: the entry with retried_as null and left \"event gone\", then {retried 0, left 1}, exit 8",
+         "exit %s out %r err %r" % (rc, out, err))
+    more = dead_lettered(r, p, ["rd"])
+    rd_dead = r.xrange(dead_key(p))[-1][0]
+    rc, out, err = dead(p, "retry", "rd", json_out=True)
+    docs = [jline(line) for line in out.splitlines()]
+    last = r.xrange(key)[-1][0]
+    t.ok(rc == 0 and docs == [{"entry": rd_dead, "user": "rd", "event": more["rd"], "retried_as": last},
+                              {"retried": 1, "left": 0}]
+         and not r.hexists(attempts_key(p), "rd") and dead_ids(r, p) == [("rc", ids["rc"])],
+         "--json retry rd: {entry, user, event, retried_as}, then {retried 1, left 0}",
+         "exit %s out %r err %r" % (rc, out, err))
+    rc, out, err = dead(p, "retry", "bad\x01id")
+    t.ok(rc == EXIT_INVALID and "invalid user id" in err, "an invalid user id: exit 4", err)
+    rc, out, err = dead(p + "-none", "retry")
+    t.ok(rc == 0 and out == "0 dead-letter entries back on the events stream %s-none:service:events\n" % p
+         and "no dead-letter stream" in err, "retry without a dead-letter stream: nothing to do, says so, exit 0",
+         "exit %s out %r err %r" % (rc, out, err))
+
+
+def test_dead_retry_race(t, srv, r):
+    """Two operators retrying everything at once: every entry goes back once."""
+    p, key = grouped(r, "dc")
+    users = ["c%04d" % i for i in range(2000)]
+    dead_lettered(r, p, users)
+    before = r.xlen(key)
+    procs = [subprocess.Popen(ctl_argv(["migration", "dead", "--syncback", "retry"], prefix=p, json=True),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    outs = [proc.communicate(timeout=60) for proc in procs]
+    sums = [(jline(o.decode().splitlines()[-1]) or {}).get("retried", 0) if o else 0 for o, _ in outs]
+    copies = [f["user"] for _, f in r.xrange(key)][before:]
+    t.diag("the two retries moved %r entries; the other's skipped as retried meanwhile: %r"
+           % (sums, [e.decode().count("retried meanwhile") for _, e in outs]))
+    t.ok(all(proc.returncode == 0 for proc in procs) and sum(sums) == len(users) and sorted(copies) == users
+         and r.xlen(dead_key(p)) == 0 and r.hlen(attempts_key(p)) == 0,
+         "two retries at once: %d + %d = %d copies, each event exactly once, the dead-letter stream empty"
+         % (sums[0], sums[1], len(users)),
+         "rc %r sums %r copies %d err %r" % ([proc.returncode for proc in procs], sums, len(copies),
+                                             [e.decode()[-300:] for _, e in outs]))
+    t.ok(all(b"ERROR" not in e and b"Sanitizer" not in e for _, e in outs), "and no sanitizer report",
+         repr([e[-300:] for _, e in outs]))
+
+
+def test_dead_end_to_end(t, srv, r):
+    """The real sync-back: an update of a user legacy lacks is dead-lettered
+    (not-in-legacy); once legacy has the user, retry applies it."""
+    mongo = harness.Mongo()
+    db = mongo.database("dead")
+    p = PREFIX + "de"
+    key = events_key(p)
+    w = harness.Migrator(mongo.uri, db.name, "http://127.0.0.1:9/internal/import/users/{id}", command="syncback",
+                         prefix=p, syncback={"deletes": "tombstone"}, retry={"attempts": 3})
+    [ev] = r.xadd(key, {"type": "USER_UPDATED", "user": "late", "version": "2",
+                        "fields": json.dumps({"name": "Late Two"}), "at": "0"}),
+    got = poll(lambda: dead_ids(r, p), 30)
+    t.ok(got == [("late", ev)] and (jline(dead(p, "list", json_out=True)[1]) or {}).get("reason") == "not-in-legacy",
+         "cutover-migrate syncback dead-letters an update of a user legacy lacks (not-in-legacy)",
+         "%r\n%s" % (got, w.log_tail(10)))
+    db.users.insert_one({"_id": "late", "name": "Late One", "email": "late@example.com"})
+    rc, out, err = dead(p, "retry", "late")
+    t.ok(rc == 0 and out.endswith("1 dead-letter entries back on the events stream %s\n" % key) and not dead_ids(r, p),
+         "the user inserted into legacy: dead --syncback retry late", "exit %s out %r err %r" % (rc, out, err))
+    applied = poll(lambda: (db.users.find_one({"_id": "late"}) or {}).get("name") == "Late Two", 30)
+    doc = db.users.find_one({"_id": "late"})
+    t.ok(applied and doc.get("email") == "late@example.com" and doc.get("_cutover", {}).get("v") == 2
+         and not dead_ids(r, p) and not r.hexists(attempts_key(p), "late"),
+         "sync-back applies the retried update: name from version 2, the other fields kept, nothing dead-lettered",
+         "%r\n%s" % (doc, w.log_tail(10)))
+    t.ok(w.stop() == 0, "cutover-migrate syncback exits 0 on SIGTERM", w.log_tail())
+    mongo.close()
+
+
 def body(t):
     with harness.RedisServer() as srv:
         r = srv.client()
         for test in (test_no_stream, test_no_group, test_behind, test_events_option, test_unknown_lag,
-                     test_wait_synced, test_wait_timeout, test_dead_lettered, test_status):
+                     test_wait_synced, test_wait_timeout, test_dead_lettered, test_status, test_dead_list,
+                     test_dead_retry, test_dead_retry_race, test_dead_end_to_end):
             test(t, srv, r)  # each on a prefix of its own
 
 
 if __name__ == "__main__":
-    harness.main(body)
+    harness.main(body, programs=("cutover-migrate",))
