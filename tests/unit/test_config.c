@@ -16,8 +16,8 @@
 #include <cmocka.h>
 
 #include "proxy/proxy.h"
+#include "tests/unit/conf_files.h"
 
-#define ERR_MAX 512
 
 /* The two upstreams every file needs, three lines each. Tests mostly put
  * them last, so that what they check starts on line 1. */
@@ -38,53 +38,14 @@
 /* A file with one route whose only user source (on line 3) is src. */
 #define SOURCE_ROUTE(path, src) "route r {\n\tpath = \"" path "\"\n\tuser = { \"" src "\" }\n}\n" UPSTREAMS
 
-struct fixture {
-	char dir[256];
-	char path[300];
-};
-
-struct error_case {
-	const char *text;
-	int line; /* 0: the message has no line */
-	const char *fragment;
-};
-
 static int group_setup(void **state)
 {
-	struct fixture *f = calloc(1, sizeof(*f));
-	const char *tmp = getenv("TMPDIR");
-	if (f == NULL)
-		return -1;
-	snprintf(f->dir, sizeof(f->dir), "%s/test_config.XXXXXX", tmp ? tmp : "/tmp");
-	if (mkdtemp(f->dir) == NULL) {
-		free(f);
-		return -1;
-	}
-	snprintf(f->path, sizeof(f->path), "%s/cutover.conf", f->dir);
-	*state = f;
-	return 0;
-}
-
-static int group_teardown(void **state)
-{
-	struct fixture *f = *state;
-	unlink(f->path);
-	int rc = rmdir(f->dir);
-	free(f);
-	return rc;
-}
-
-static void write_conf(const struct fixture *f, const char *text)
-{
-	FILE *fp = fopen(f->path, "w");
-	assert_non_null(fp);
-	assert_true(fputs(text, fp) >= 0);
-	assert_int_equal(fclose(fp), 0);
+	return conf_files_setup(state, "test_config", "cutover.conf");
 }
 
 static struct proxy_config *load_file(const char *path)
 {
-	char err[ERR_MAX] = "";
+	char err[CONF_ERR_MAX] = "";
 	struct proxy_config *cfg = NULL;
 	if (config_load(path, &cfg, err, sizeof(err)) != 0)
 		fail_msg("config_load(%s) failed: %s", path, err);
@@ -93,39 +54,31 @@ static struct proxy_config *load_file(const char *path)
 	return cfg;
 }
 
-static struct proxy_config *load_text(const struct fixture *f, const char *text)
+static struct proxy_config *load_text(const struct conf_files *f, const char *text)
 {
-	write_conf(f, text);
+	conf_files_write(f, text);
 	return load_file(f->path);
 }
 
-/* Loading path must fail with one message, "PATH:LINE: " (or "PATH: "
- * when line is 0) followed by a reason containing fragment, and must
- * leave *out alone. */
+/* Loading path must fail as conf_expect_message says, and must leave
+ * *out alone. */
 static void expect_path_error(const char *path, const char *text, int line, const char *fragment)
 {
 	static struct proxy_config untouched;
 	struct proxy_config *cfg = &untouched;
-	char err[ERR_MAX] = "", prefix[ERR_MAX];
-	if (line > 0)
-		snprintf(prefix, sizeof(prefix), "%s:%d: ", path, line);
-	else
-		snprintf(prefix, sizeof(prefix), "%s: ", path);
+	char err[CONF_ERR_MAX] = "";
 	int rc = config_load(path, &cfg, err, sizeof(err));
-	if (rc != -1 || strncmp(err, prefix, strlen(prefix)) != 0 || strstr(err, fragment) == NULL)
-		fail_msg("config:\n%s\nwant: %s...%s...\ngot:  %s (rc %d)", text, prefix, fragment, err, rc);
+	conf_expect_message(path, text, line, fragment, rc, err);
 	assert_ptr_equal(cfg, &untouched);
-	assert_null(strchr(err, '\n'));
-	assert_null(strstr(err + strlen(prefix), path)); /* one message */
 }
 
-static void expect_error(const struct fixture *f, const char *text, int line, const char *fragment)
+static void expect_error(const struct conf_files *f, const char *text, int line, const char *fragment)
 {
-	write_conf(f, text);
+	conf_files_write(f, text);
 	expect_path_error(f->path, text, line, fragment);
 }
 
-static void expect_errors(const struct fixture *f, const struct error_case *cases, size_t n)
+static void expect_errors(const struct conf_files *f, const struct error_case *cases, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
 		expect_error(f, cases[i].text, cases[i].line, cases[i].fragment);
@@ -249,7 +202,7 @@ static void test_shipped_config(void **state)
 
 static void test_defaults(void **state)
 {
-	const struct fixture *f = *state;
+	const struct conf_files *f = *state;
 	struct proxy_config *cfg = load_text(f, UPSTREAMS);
 	assert_string_equal(cfg->path, f->path);
 	assert_int_equal(cfg->nlisten, 1);
@@ -296,7 +249,7 @@ static void test_defaults(void **state)
 /* Every option set to something other than its default. */
 static void test_every_option(void **state)
 {
-	const struct fixture *f = *state;
+	const struct conf_files *f = *state;
 	struct proxy_config *cfg = load_text(f,
 		"listen = { \"[::1]:8080\", \"my-host_1.example:65535\" }\n"
 		"admin_listen = \"localhost:1\"\n"
@@ -576,14 +529,14 @@ static void test_route_rules(void **state)
 	EXPECT_ERRORS(*state, cases);
 }
 
-static struct proxy_config *load_path(const struct fixture *f, const char *path)
+static struct proxy_config *load_path(const struct conf_files *f, const char *path)
 {
 	char text[1024];
 	snprintf(text, sizeof(text), PATH_ROUTE, path);
 	return load_text(f, text);
 }
 
-static void expect_path_rejected(const struct fixture *f, const char *path, const char *fragment)
+static void expect_path_rejected(const struct conf_files *f, const char *path, const char *fragment)
 {
 	char text[1024];
 	snprintf(text, sizeof(text), PATH_ROUTE, path);
@@ -592,7 +545,7 @@ static void expect_path_rejected(const struct fixture *f, const char *path, cons
 
 static void test_path_templates(void **state)
 {
-	const struct fixture *f = *state;
+	const struct conf_files *f = *state;
 	/* As route.c reads them: "/" is one empty literal, "/" '*' no segment. */
 	struct proxy_config *cfg = load_path(f, "/");
 	assert_string_equal(cfg->routes[0].path, "/");
@@ -646,7 +599,7 @@ static void test_path_templates(void **state)
 /* A route's line is the line it opens on, wherever its options are. */
 static void test_route_lines(void **state)
 {
-	const struct fixture *f = *state;
+	const struct conf_files *f = *state;
 	struct proxy_config *cfg = load_text(f, "workers = 1\n\n" ROUTE_R "\nroute s {\n\n\n\tpath = \"/s\"\n"
 						"\tuser = { \"header:X\" }\n\tread_flag = \"f\"\n}\n" UPSTREAMS);
 	assert_int_equal(cfg->nroutes, 2);
@@ -663,7 +616,7 @@ static void test_first_error_only(void **state)
 
 static void test_file_errors(void **state)
 {
-	const struct fixture *f = *state;
+	const struct conf_files *f = *state;
 	char path[sizeof(f->dir) + 16];
 	snprintf(path, sizeof(path), "%s/missing.conf", f->dir);
 	expect_path_error(path, "(no file)", 0, "cannot open: No such file or directory");
@@ -707,5 +660,5 @@ int main(void)
 		cmocka_unit_test(test_first_error_only), cmocka_unit_test(test_file_errors),
 		cmocka_unit_test(test_refcount),	 cmocka_unit_test(test_upstream_kind_name),
 	};
-	return cmocka_run_group_tests(tests, group_setup, group_teardown);
+	return cmocka_run_group_tests(tests, group_setup, conf_files_teardown);
 }

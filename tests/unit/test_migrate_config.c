@@ -14,8 +14,8 @@
 #include <cmocka.h>
 
 #include "migrator/migrator.h"
+#include "tests/unit/conf_files.h"
 
-#define ERR_MAX 512
 
 /* The sections every file needs, seven lines. Tests put them last, so
  * that what they check starts on line 1. */
@@ -23,55 +23,21 @@
 #define SINK "sink {\n\ttype = \"http\"\n\turl = \"http://127.0.0.1:3001/import/{id}\"\n}\n"
 #define REQUIRED LEGACY SINK
 
-struct fixture {
-	char dir[256];
-	char path[300];
-};
-
-struct error_case {
-	const char *text;
-	int line; /* 0: the message has no line */
-	const char *fragment;
-};
-
 static int group_setup(void **state)
 {
-	struct fixture *f = calloc(1, sizeof(*f));
-	const char *tmp = getenv("TMPDIR");
-	if (f == NULL)
-		return -1;
-	snprintf(f->dir, sizeof(f->dir), "%s/test_migrate_config.XXXXXX", tmp ? tmp : "/tmp");
-	if (mkdtemp(f->dir) == NULL) {
-		free(f);
-		return -1;
-	}
-	snprintf(f->path, sizeof(f->path), "%s/migrate.conf", f->dir);
 	mongoc_init();
-	*state = f;
-	return 0;
+	return conf_files_setup(state, "test_migrate_config", "migrate.conf");
 }
 
 static int group_teardown(void **state)
 {
-	struct fixture *f = *state;
-	unlink(f->path);
-	int rc = rmdir(f->dir);
-	free(f);
 	mongoc_cleanup();
-	return rc;
-}
-
-static void write_conf(const struct fixture *f, const char *text)
-{
-	FILE *fp = fopen(f->path, "w");
-	assert_non_null(fp);
-	assert_true(fputs(text, fp) >= 0);
-	assert_int_equal(fclose(fp), 0);
+	return conf_files_teardown(state);
 }
 
 static struct migrate_config *load_file(const char *path)
 {
-	char err[ERR_MAX] = "";
+	char err[CONF_ERR_MAX] = "";
 	struct migrate_config *cfg = NULL;
 	if (migrate_config_load(path, &cfg, err, sizeof(err)) != 0)
 		fail_msg("migrate_config_load(%s) failed: %s", path, err);
@@ -79,26 +45,20 @@ static struct migrate_config *load_file(const char *path)
 	return cfg;
 }
 
-/* Loading text must fail with one message, "PATH:LINE: " (or "PATH: "
- * when line is 0) followed by a reason containing fragment. */
-static void expect_error(const struct fixture *f, const char *text, int line, const char *fragment)
+/* Loading text must fail as conf_expect_message says, leaving *out
+ * alone. */
+static void expect_error(const struct conf_files *f, const char *text, int line, const char *fragment)
 {
 	static struct migrate_config untouched;
 	struct migrate_config *cfg = &untouched;
-	char err[ERR_MAX] = "", prefix[ERR_MAX];
-	write_conf(f, text);
-	if (line > 0)
-		snprintf(prefix, sizeof(prefix), "%s:%d: ", f->path, line);
-	else
-		snprintf(prefix, sizeof(prefix), "%s: ", f->path);
+	char err[CONF_ERR_MAX] = "";
+	conf_files_write(f, text);
 	int rc = migrate_config_load(f->path, &cfg, err, sizeof(err));
-	if (rc != -1 || strncmp(err, prefix, strlen(prefix)) != 0 || strstr(err, fragment) == NULL)
-		fail_msg("config:\n%s\nwant: %s...%s...\ngot:  %s (rc %d)", text, prefix, fragment, err, rc);
+	conf_expect_message(f->path, text, line, fragment, rc, err);
 	assert_ptr_equal(cfg, &untouched);
-	assert_null(strchr(err, '\n'));
 }
 
-static void expect_errors(const struct fixture *f, const struct error_case *cases, size_t n)
+static void expect_errors(const struct conf_files *f, const struct error_case *cases, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
 		expect_error(f, cases[i].text, cases[i].line, cases[i].fragment);
@@ -152,9 +112,9 @@ static void test_shipped_config(void **state)
 
 static void test_defaults(void **state)
 {
-	struct fixture *f = *state;
+	struct conf_files *f = *state;
 	char host[256] = "", want[300];
-	write_conf(f, REQUIRED);
+	conf_files_write(f, REQUIRED);
 	struct migrate_config *cfg = load_file(f->path);
 	assert_string_equal(cfg->redis_prefix, "cutover");
 	assert_string_equal(cfg->legacy.collection, "users");
@@ -170,8 +130,8 @@ static void test_defaults(void **state)
 
 static void test_mongo_sink(void **state)
 {
-	struct fixture *f = *state;
-	write_conf(f, LEGACY "sink {\n\ttype = \"mongo\"\n\turi = \"mongodb://svc/\"\n\tdatabase = \"users\"\n}\n"
+	struct conf_files *f = *state;
+	conf_files_write(f, LEGACY "sink {\n\ttype = \"mongo\"\n\turi = \"mongodb://svc/\"\n\tdatabase = \"users\"\n}\n"
 			     "version_field = \"updatedAt\"\n"
 			     "mapping {\n\trename = { \"updatedAt:updated_at\" }\n}\nconsumer = \"m-1\"\n");
 	struct migrate_config *cfg = load_file(f->path);
@@ -186,7 +146,7 @@ static void test_mongo_sink(void **state)
 
 static void test_errors(void **state)
 {
-	struct fixture *f = *state;
+	struct conf_files *f = *state;
 	const struct error_case cases[] = {
 		{ "batch = 0\n" REQUIRED, 1, "batch: must be in 1..10000, not 0" },
 		{ "batch = 0x10\n" REQUIRED, 1, "batch: '0x10' is not a decimal number" },
@@ -244,7 +204,7 @@ static void test_missing_file(void **state)
 {
 	(void)state;
 	struct migrate_config *cfg = NULL;
-	char err[ERR_MAX] = "";
+	char err[CONF_ERR_MAX] = "";
 	assert_int_equal(migrate_config_load("/nonexistent/migrate.conf", &cfg, err, sizeof(err)), -1);
 	assert_string_equal(err, "/nonexistent/migrate.conf: cannot open: No such file or directory");
 	assert_null(cfg);
