@@ -109,22 +109,27 @@ static bson_t *legacy_projection(const struct migrate_config *cfg)
 
 /*
  * A reader of t's collection (which must outlive it) that looks users up
- * as id_type says and reads whole documents: legacy_open's, and verify.c's
+ * as id_type says and reads their documents with projection (taken over;
+ * NULL for whole documents): legacy_open's, sync-back's, and verify.c's
  * for the mongo sink's copies, which keep legacy's _id. Opens the pool
  * (connections are made lazily, so an unreachable server is not an error
  * yet). Returns the reader, or NULL with err.
  */
-struct legacy *legacy_open_target(const struct mongo_target *t, enum legacy_id_type id_type, int socket_ms,
-				  char *err, size_t errlen)
+struct legacy *legacy_open_target(const struct mongo_target *t, enum legacy_id_type id_type, bson_t *projection,
+				  int socket_ms, char *err, size_t errlen)
 {
 	mongoc_client_pool_t *pool = mongo_pool_new(t->uri, socket_ms, err, errlen);
-	if (pool == NULL)
+	if (pool == NULL) {
+		if (projection)
+			bson_destroy(projection);
 		return NULL;
+	}
 	struct legacy *l = xcalloc(1, sizeof(*l));
 	l->pool = pool;
 	l->database = t->database;
 	l->collection = t->collection;
 	l->id_type = id_type;
+	l->projection = projection;
 	return l;
 }
 
@@ -132,10 +137,14 @@ struct legacy *legacy_open_target(const struct mongo_target *t, enum legacy_id_t
  * mapping's projection. Returns the reader, or NULL with err. */
 struct legacy *legacy_open(const struct migrate_config *cfg, char *err, size_t errlen)
 {
-	struct legacy *l = legacy_open_target(&cfg->legacy, cfg->id_type, LEGACY_SOCKET_TIMEOUT_MS, err, errlen);
-	if (l != NULL)
-		l->projection = legacy_projection(cfg);
-	return l;
+	return legacy_open_target(&cfg->legacy, cfg->id_type, legacy_projection(cfg), LEGACY_SOCKET_TIMEOUT_MS, err,
+				  errlen);
+}
+
+/* The connections of l, for writes to the same server (sync-back's). */
+mongoc_client_pool_t *legacy_pool(const struct legacy *l)
+{
+	return l->pool;
 }
 
 void legacy_close(struct legacy *l)

@@ -186,8 +186,9 @@ int mongo_uri_check(const char *uri, char *why, size_t whylen);
 mongoc_client_pool_t *mongo_pool_new(const char *uri, int socket_ms, char *err, size_t errlen);
 void mongo_log_to_ours(void);
 struct legacy *legacy_open(const struct migrate_config *cfg, char *err, size_t errlen);
-struct legacy *legacy_open_target(const struct mongo_target *t, enum legacy_id_type id_type, int socket_ms,
-				  char *err, size_t errlen);
+struct legacy *legacy_open_target(const struct mongo_target *t, enum legacy_id_type id_type, bson_t *projection,
+				  int socket_ms, char *err, size_t errlen);
+mongoc_client_pool_t *legacy_pool(const struct legacy *l);
 void legacy_close(struct legacy *l);
 int legacy_load(struct legacy *l, struct delivery *const *items, size_t n, char *err, size_t errlen);
 bool legacy_append_id(bson_t *doc, const char *key, const char *user, size_t len, enum legacy_id_type id_type);

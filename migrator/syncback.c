@@ -48,7 +48,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include <hiredis/hiredis.h>
 
@@ -95,7 +94,7 @@ struct syncback {
 	const struct migrate_config *cfg;
 	const struct syncback_config *sb;
 	struct batch_loop loop; /* its consumer, q, is sync-back's */
-	mongoc_client_pool_t *pool;
+	struct legacy *legacy; /* written with its pool, read with legacy_load */
 	mongoc_write_concern_t *wc;
 	char *dead_key, *attempts_key, *deleted_key, *migrated_key, *seen_key, *changed_channel;
 	int64_t next_lag_us;
@@ -480,15 +479,6 @@ static int run_bulk(struct syncback *s, mongoc_collection_t *coll, struct bulk *
 	return rc;
 }
 
-/* Whether user is the legacy id text present: the same string, or the
- * same ObjectId (legacy_user_id writes its hex in lower case). */
-static bool same_user(const struct syncback *s, const char *user, const char *present)
-{
-	size_t len = strlen(user);
-	bool oid = s->cfg->id_type == LEGACY_ID_OBJECTID && len == 24 && bson_oid_is_valid(user, len);
-	return oid ? strcasecmp(user, present) == 0 : strcmp(user, present) == 0;
-}
-
 /* Whether check_present looks c's user up: an update only (its user
  * must exist), or with tombstones a create (a tombstone there means the
  * create came after the delete). */
@@ -507,67 +497,37 @@ static bool tombstoned(const struct syncback *s, const bson_t *doc)
 	return bson_iter_find_descendant(&it, state_key(s, "del", NULL, key), &del);
 }
 
-/* After the writes, the users of to_check: an update-only change whose
- * user legacy lacks did nothing and becomes a retry; a create whose user
- * was tombstoned is stale (not recorded as migrated again). Returns 0,
- * or -1 with err when the find failed. */
-static int check_present(struct syncback *s, mongoc_collection_t *coll, struct batch *b, char *err, size_t errlen)
+/* After the writes, the users of to_check, looked up with one find
+ * (legacy_load): an update-only change whose user legacy lacks did
+ * nothing and becomes a retry; a create whose user was tombstoned is
+ * stale (not recorded as migrated again). Returns 0, or -1 with err when
+ * the find failed. */
+static int check_present(struct syncback *s, struct batch *b, char *err, size_t errlen)
 {
-	bson_t filter = BSON_INITIALIZER, id, in, opts = BSON_INITIALIZER, proj;
-	char index[16], del_key[FIELD_KEY_MAX];
-	const char *key;
-	uint32_t n = 0;
-	BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &id);
-	BSON_APPEND_ARRAY_BEGIN(&id, "$in", &in);
+	struct delivery **items = xcalloc(b->nusers + 1, sizeof(*items));
+	size_t n = 0;
 	for (size_t i = 0; i < b->nusers; i++) {
-		const struct change *c = change_at(b, i);
+		struct change *c = change_at(b, i);
 		if (!to_check(s, c))
 			continue;
-		bson_uint32_to_string(n++, &key, index, sizeof(index));
-		legacy_append_id(&in, key, c->d.user, strlen(c->d.user), s->cfg->id_type);
+		if (c->d.legacy) { /* from an attempt an outage cut short */
+			bson_destroy(c->d.legacy);
+			c->d.legacy = NULL;
+		}
+		items[n++] = &c->d;
 	}
-	bson_append_array_end(&id, &in);
-	bson_append_document_end(&filter, &id);
-	BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
-	BSON_APPEND_INT32(&proj, "_id", 1);
-	BSON_APPEND_INT32(&proj, state_key(s, "del", NULL, del_key), 1);
-	bson_append_document_end(&opts, &proj);
-	int rc = 0;
-	if (n > 0) {
-		char present[USER_ID_MAX + 1];
-		const bson_t *doc;
-		bson_error_t error;
-		const char *why;
-		mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, &filter, &opts, NULL);
-		bool *found = xcalloc(b->nusers + 1, sizeof(*found));
-		while (mongoc_cursor_next(cur, &doc)) {
-			if (legacy_user_id(doc, present, &why) < 0)
-				continue;
-			for (size_t i = 0; i < b->nusers; i++) {
-				if (!same_user(s, b->users[i]->user, present))
-					continue;
-				found[i] = true;
-				change_at(b, i)->stale = change_at(b, i)->created && tombstoned(s, doc);
-			}
+	int rc = n > 0 ? legacy_load(s->legacy, items, n, err, errlen) : 0;
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		struct change *c = (struct change *)items[i];
+		if (c->created) {
+			c->stale = c->d.legacy && tombstoned(s, c->d.legacy);
+		} else if (c->d.legacy == NULL) {
+			delivery_set(&c->d, OUTCOME_RETRY, "not-in-legacy",
+				     "no user %s in legacy: its USER_CREATED not applied yet, or deleted there", c->d.user);
+			metrics_count(COUNT_SB_NOT_IN_LEGACY, 1);
 		}
-		if (mongoc_cursor_error(cur, &error)) {
-			snprintf(err, errlen, "%s", error.message);
-			rc = -1;
-		}
-		for (size_t i = 0; i < b->nusers && rc == 0; i++) {
-			struct change *c = change_at(b, i);
-			if (c->d.outcome == OUTCOME_NONE && !c->created && !c->deleted && !found[i]) {
-				delivery_set(&c->d, OUTCOME_RETRY, "not-in-legacy",
-					     "no user %s in legacy: its USER_CREATED not applied yet, or deleted there",
-					     c->d.user);
-				metrics_count(COUNT_SB_NOT_IN_LEGACY, 1);
-			}
-		}
-		free(found);
-		mongoc_cursor_destroy(cur);
 	}
-	bson_destroy(&filter);
-	bson_destroy(&opts);
+	free(items);
 	return rc;
 }
 
@@ -575,7 +535,7 @@ static int check_present(struct syncback *s, mongoc_collection_t *coll, struct b
  * Returns -1 with err on an outage. */
 static int write_legacy_once(struct syncback *s, struct batch *b, char *err, size_t errlen)
 {
-	mongoc_client_t *client = mongoc_client_pool_pop(s->pool);
+	mongoc_client_t *client = mongoc_client_pool_pop(legacy_pool(s->legacy));
 	mongoc_collection_t *coll =
 		mongoc_client_get_collection(client, s->cfg->legacy.database, s->cfg->legacy.collection);
 	struct bulk ops = { 0 }, again = { 0 }, unused = { 0 };
@@ -584,12 +544,12 @@ static int write_legacy_once(struct syncback *s, struct batch *b, char *err, siz
 	if (rc == 0 && again.nops > 0)
 		rc = run_bulk(s, coll, &again, &unused, err, errlen);
 	if (rc == 0)
-		rc = check_present(s, coll, b, err, errlen);
+		rc = check_present(s, b, err, errlen);
 	free(ops.ops);
 	free(again.ops);
 	free(unused.ops);
 	mongoc_collection_destroy(coll);
-	mongoc_client_pool_push(s->pool, client);
+	mongoc_client_pool_push(legacy_pool(s->legacy), client);
 	return rc;
 }
 
@@ -864,8 +824,7 @@ static void syncback_free(struct syncback *s)
 	if (s == NULL)
 		return;
 	consumer_free(s->loop.q);
-	if (s->pool)
-		mongoc_client_pool_destroy(s->pool);
+	legacy_close(s->legacy);
 	if (s->wc)
 		mongoc_write_concern_destroy(s->wc);
 	free(s->dead_key);
@@ -895,8 +854,14 @@ static struct syncback *syncback_new(const struct migrate_config *cfg, const vol
 	s->loop = (struct batch_loop){ .ops = &syncback_batches, .ctx = s, .attempts_key = s->attempts_key,
 				       .attempts = cfg->attempts };
 	s->loop.q = consumer_new(cfg->redis_url, &o, stop, err, errlen);
-	s->pool = s->loop.q ? mongo_pool_new(cfg->legacy.uri, s->sb->wtimeout_ms + 5000, err, errlen) : NULL;
-	if (s->pool == NULL) {
+	if (s->loop.q != NULL) {
+		/* The find after the writes needs the ids and the tombstone only. */
+		char del[FIELD_KEY_MAX];
+		bson_t *projection = BCON_NEW("_id", BCON_INT32(1), state_key(s, "del", NULL, del), BCON_INT32(1));
+		s->legacy = legacy_open_target(&cfg->legacy, cfg->id_type, projection, s->sb->wtimeout_ms + 5000, err,
+					       errlen);
+	}
+	if (s->legacy == NULL) {
 		syncback_free(s);
 		return NULL;
 	}

@@ -382,7 +382,7 @@ struct verify_service *verify_service_open(const struct migrate_config *cfg, cha
 	struct verify_service *s = xcalloc(1, sizeof(*s));
 	buf_init(&s->body);
 	if (cfg->sink == SINK_MONGO)
-		s->mongo = legacy_open_target(&cfg->service, cfg->id_type, cfg->sink_timeout_ms, err, errlen);
+		s->mongo = legacy_open_target(&cfg->service, cfg->id_type, NULL, cfg->sink_timeout_ms, err, errlen);
 	else if (cfg->verify_url == NULL)
 		snprintf(err, errlen,
 			 "%s: verify: url is required with sink type http: the service's read API, such as "
