@@ -540,6 +540,16 @@ static void client_path_view(const struct client *c, struct http_view *view)
 	};
 }
 
+/* Flag name of the worker's snapshot, or NULL with *reason: no snapshot
+ * yet, or no such flag in it. */
+static const struct flag *snapshot_flag(const struct worker *w, const char *name, const char **reason)
+{
+	const struct flag *f = w->flags ? flag_snapshot_find(w->flags, name) : NULL;
+	if (f == NULL)
+		*reason = w->flags == NULL ? "no-flags-yet" : "unknown-flag";
+	return f;
+}
+
 /*
  * Whether a create = "service" route may send its creates to the
  * service: while its write flag is enabled and not killed, so that a kill
@@ -551,14 +561,14 @@ static bool service_takes_creates(const struct worker *w, const struct route *ro
 {
 	if (route->write_flag == NULL)
 		return true;
-	const struct flag *f = w->flags ? flag_snapshot_find(w->flags, route->write_flag) : NULL;
+	const struct flag *f = snapshot_flag(w, route->write_flag, reason);
 	if (f == NULL)
-		*reason = w->flags == NULL ? "no-flags-yet" : "unknown-flag";
-	else if (f->kill)
+		return false;
+	if (f->kill)
 		*reason = "kill";
 	else if (!f->enabled)
 		*reason = "disabled";
-	return f != NULL && f->enabled && !f->kill;
+	return f->enabled && !f->kill;
 }
 
 /*
@@ -638,11 +648,9 @@ static int client_decide(struct client *c, const struct route_match *at_head)
 		return 0;
 	}
 	copy_string(r->flag, sizeof(r->flag), flag);
-	const struct flag *f = w->flags ? flag_snapshot_find(w->flags, flag) : NULL;
-	if (f == NULL) {
-		r->reason = w->flags == NULL ? "no-flags-yet" : "unknown-flag";
+	const struct flag *f = snapshot_flag(w, flag, &r->reason);
+	if (f == NULL)
 		return 0;
-	}
 	struct flag_decision d;
 	flag_eval(f, r->user, r->user_len, &d);
 	r->bucket = d.bucket;
