@@ -352,6 +352,23 @@ static void link_on_enqueued(redisAsyncContext *ac, void *reply, void *privdata)
 }
 
 /* Sends one enqueue script unless the backlog is full or Redis is down. */
+/* The current time in ms, as the stream entries' "at" field. */
+static void now_ms_text(char at[24])
+{
+	snprintf(at, 24, "%lld", (long long)(clock_realtime_us() / 1000));
+}
+
+/* Runs one of the enqueue scripts for user, with reason, its reply to
+ * cb with priv; counts it in flight. */
+static void send_script(struct migrate_link *m, redisCallbackFn *cb, void *priv, const char *script,
+			const char *user, size_t len, const char *reason)
+{
+	char at[24];
+	now_ms_text(at);
+	redisAsyncCommand(m->cmd, cb, priv, "EVAL %s 0 %s %b %s %s", script, m->prefix, user, len, at, reason);
+	m->inflight++;
+}
+
 static void link_enqueue(struct migrate_link *m, const char *script, const char *user, size_t len,
 			 const char *reason)
 {
@@ -361,11 +378,7 @@ static void link_enqueue(struct migrate_link *m, const char *script, const char 
 	}
 	uint64_t *h = xmalloc(sizeof(*h));
 	*h = idset_hash(user, len);
-	char at[24];
-	snprintf(at, sizeof(at), "%lld", (long long)(clock_realtime_us() / 1000));
-	redisAsyncCommand(m->cmd, link_on_enqueued, h, "EVAL %s 0 %s %b %s %s", script, m->prefix, user, len, at,
-			  reason);
-	m->inflight++;
+	send_script(m, link_on_enqueued, h, script, user, len, reason);
 }
 
 /* The first time this worker sees user: enqueue it (once across all
@@ -436,14 +449,14 @@ static void owed_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 
 static void owed_send(struct migrate_link *m, struct owed *o)
 {
+	if (!o->refresh) {
+		send_script(m, owed_on_reply, o, first_seen_script, o->user, o->len, "created");
+		return;
+	}
 	char at[24];
-	snprintf(at, sizeof(at), "%lld", (long long)(clock_realtime_us() / 1000));
-	if (o->refresh)
-		redisAsyncCommand(m->cmd, owed_on_reply, o, "XADD %s:migrate * user %b reason refresh at %s", m->prefix,
-				  o->user, o->len, at);
-	else
-		redisAsyncCommand(m->cmd, owed_on_reply, o, "EVAL %s 0 %s %b %s %s", first_seen_script, m->prefix,
-				  o->user, o->len, at, "created");
+	now_ms_text(at);
+	redisAsyncCommand(m->cmd, owed_on_reply, o, "XADD %s:migrate * user %b reason refresh at %s", m->prefix, o->user,
+			  o->len, at);
 	m->inflight++;
 }
 
