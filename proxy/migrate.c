@@ -96,13 +96,21 @@ static const char priority_script[] =
 
 static void link_connect(struct migrate_link *m);
 
-static void link_fail(struct migrate_link *m, const char *reason)
+/* Drops both connections. Owed enqueues in flight come back to their
+ * queue (their callbacks see no reply); first-seen ones are lost, and
+ * sent again when their users are seen again. */
+static void link_drop(struct migrate_link *m)
 {
-	bool was_up = m->subscribed;
 	redis_async_drop(&m->cmd);
 	redis_async_drop(&m->sub);
 	m->subscribed = false;
 	m->inflight = 0;
+}
+
+static void link_fail(struct migrate_link *m, const char *reason)
+{
+	bool was_up = m->subscribed;
+	link_drop(m);
 	if (was_up || m->backoff_ms == LINK_BACKOFF_MIN_MS)
 		log_warn("worker %d: migration link to Redis lost (%s); first-seen users are counted as dropped, "
 			 "refreshes and created users kept (up to %d), until it is back",
@@ -238,6 +246,7 @@ static void link_target(struct migrate_link *m, const struct proxy_config *cfg)
 	/* The URL was checked when the config was loaded. */
 	if (redis_url_parse(cfg->redis_url, &m->url, err, sizeof(err)) < 0)
 		abort();
+	m->target = xstrdup(cfg->redis_url);
 	m->prefix = xstrdup(cfg->redis_prefix);
 	struct buf channel;
 	buf_init(&channel);
@@ -248,6 +257,7 @@ static void link_target(struct migrate_link *m, const struct proxy_config *cfg)
 static void link_untarget(struct migrate_link *m)
 {
 	redis_url_free(&m->url);
+	free(m->target);
 	free(m->prefix);
 	free(m->changed_channel);
 }
@@ -262,16 +272,9 @@ void migrate_link_retarget(struct migrate_link *m, const struct proxy_config *cf
 {
 	if (m == NULL || (strcmp(m->prefix, cfg->redis_prefix) == 0 && strcmp(m->target, cfg->redis_url) == 0))
 		return;
-	/* Owed enqueues in flight come back to the queue (their callbacks
-	 * see no reply), for the new store. */
-	redis_async_drop(&m->cmd);
-	redis_async_drop(&m->sub);
-	m->subscribed = false;
-	m->inflight = 0;
+	link_drop(m); /* what is owed goes to the new store */
 	evtimer_del(m->retry);
 	link_untarget(m);
-	free(m->target);
-	m->target = xstrdup(cfg->redis_url);
 	link_target(m, cfg);
 	idset_free(&m->seen);
 	idset_free(&m->migrated);
@@ -290,7 +293,6 @@ struct migrate_link *migrate_link_new(struct worker *w)
 {
 	struct migrate_link *m = xcalloc(1, sizeof(*m));
 	m->w = w;
-	m->target = xstrdup(w->cfg->redis_url);
 	link_target(m, w->cfg);
 	idset_init(&m->seen, (size_t)w->cfg->seen_cache, true);
 	idset_init(&m->migrated, 0, false);
@@ -326,7 +328,6 @@ void migrate_link_free(struct migrate_link *m)
 	idset_free(&m->migrated);
 	idset_free(&m->prioritized);
 	link_untarget(m);
-	free(m->target);
 	free(m);
 }
 
