@@ -13,7 +13,6 @@
 
 #define SELECT_TIMEOUT_MS 5000  /* unless the URI says otherwise */
 #define LEGACY_SOCKET_TIMEOUT_MS 30000
-#define OID_HEX_LEN 24
 
 struct legacy {
 	mongoc_client_pool_t *pool;

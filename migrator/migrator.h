@@ -22,6 +22,7 @@
 #define DELIVERY_ERROR_MAX 256
 #define MIGRATE_BATCH_MAX 10000 /* users per batch, and per backfill page */
 #define LOG_EXCERPT 64          /* bytes of a bad user id shown in a log line */
+#define OID_HEX_LEN 24     /* an ObjectId's hex digits */
 
 /* ---- mapping.c: from a legacy document to the service's ------------- */
 

@@ -20,7 +20,6 @@
 
 #include "migrator/migrator.h"
 
-#define OID_HEX_LEN 24
 #define FRACTION_DIGITS_MAX 9
 
 /* ---- ISO 8601 times ------------------------------------------------------ */
